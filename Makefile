@@ -1,0 +1,33 @@
+# `make run` and `make test` work on a fresh clone: they create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run replay migrate test bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)            ## serve on LLM_METRICS_HOST:LLM_METRICS_PORT (default 127.0.0.1:8001)
+	exec $(PY) -m service serve
+
+replay: $(STAMP)         ## rebuild the read models from the whole log (service stopped)
+	$(PY) -m service replay $(REPLAY_ARGS)
+
+migrate: $(STAMP)
+	$(PY) -m service migrate
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

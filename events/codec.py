@@ -1,0 +1,119 @@
+"""Translation between the wire format, log records and the bytes in the log.
+
+One encoder and one decoder, built once at import. `decode` is tolerant of old records (see
+`events.records` for the versioning rules); `to_record` is the only way a wire event enters the
+log, so the rules that fill in defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+import msgspec
+
+from events.records import Completed, Failed, Record, Started
+from events.schema import LlmRequestCompleted, LlmRequestFailed, LlmRequestStarted, WireEvent
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Record)
+
+# Old record type -> function returning the current record. Empty until a record changes shape.
+UPCASTERS: dict[type, Callable[[Record], Record]] = {}
+
+TYPE_NAMES: dict[type, str] = {
+    Started: "LLM_REQUEST_STARTED",
+    Completed: "LLM_REQUEST_COMPLETED",
+    Failed: "LLM_REQUEST_FAILED",
+}
+TYPE_CODES: dict[type, int] = {Started: 1, Completed: 2, Failed: 3}
+
+
+class UndecodableEvent(Exception):
+    """A stored payload that no known record version can read."""
+
+
+def timestamp_to_us(ts: datetime) -> int:
+    return (ts - _EPOCH) // _MICROSECOND
+
+
+def us_to_timestamp(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def to_record(event: WireEvent) -> Record:
+    """The log record for a validated wire event (defaults filled in, time made UTC)."""
+    ts = timestamp_to_us(event.timestamp)
+    if type(event) is LlmRequestCompleted:
+        total = event.total_tokens
+        if total is None:
+            total = event.prompt_tokens + event.completion_tokens
+        return Completed(
+            event.session_id,
+            event.request_id,
+            event.model,
+            ts,
+            float(event.duration_ms),
+            event.prompt_tokens,
+            event.completion_tokens,
+            total,
+            event.has_tool_calls or bool(event.tool_calls),
+            event.tool_calls,
+        )
+    if type(event) is LlmRequestFailed:
+        return Failed(
+            event.session_id,
+            event.request_id,
+            event.model,
+            ts,
+            event.error_type,
+            None if event.duration_ms is None else float(event.duration_ms),
+            event.error_message,
+        )
+    return Started(event.session_id, event.request_id, event.model, ts)
+
+
+def to_wire(record: Record, event_id: str) -> WireEvent:
+    """The wire event for a stored record (for export; time comes back in UTC)."""
+    common = dict(
+        session_id=record.session_id,
+        request_id=record.request_id,
+        model=record.model,
+        timestamp=us_to_timestamp(record.timestamp_us),
+        event_id=event_id,
+    )
+    if type(record) is Completed:
+        return LlmRequestCompleted(
+            **common,
+            duration_ms=record.duration_ms,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            total_tokens=record.total_tokens,
+            has_tool_calls=record.has_tool_calls,
+            tool_calls=record.tool_calls,
+        )
+    if type(record) is Failed:
+        return LlmRequestFailed(
+            **common,
+            error_type=record.error_type,
+            duration_ms=record.duration_ms,
+            error_message=record.error_message,
+        )
+    return LlmRequestStarted(**common)
+
+
+def encode(record: Record) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(payload: bytes) -> Record:
+    """The current record for a stored payload; raises `UndecodableEvent`."""
+    try:
+        record = _decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UndecodableEvent(str(exc)) from exc
+    upcast = UPCASTERS.get(type(record))
+    return record if upcast is None else upcast(record)

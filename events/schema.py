@@ -1,0 +1,66 @@
+"""The public wire format: what applications post to `POST /events`.
+
+These Structs are strict on purpose (unknown fields, wrong types and out-of-range values are
+rejected with the path of the offending field). What the log stores is `events.records`; the
+two are kept apart so the wire can stay readable JSON while the log stays compact.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Union
+
+import msgspec
+from msgspec import Meta
+
+Id = Annotated[str, Meta(min_length=1, max_length=256)]
+EventId = Annotated[str, Meta(min_length=1, max_length=128)]
+ModelName = Annotated[str, Meta(max_length=256)]
+Timestamp = Annotated[datetime, Meta(tz=True)]
+# SQLite and msgpack both stop at 2**63 - 1; tokens beyond that are a client bug, not usage.
+Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Millis = Annotated[float, Meta(ge=0)]
+ErrorType = Annotated[str, Meta(min_length=1, max_length=256)]
+ErrorMessage = Annotated[str, Meta(max_length=4096)]
+
+
+class _WireEvent(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="type",
+):
+    session_id: Id
+    request_id: Id
+    model: ModelName
+    timestamp: Timestamp
+    event_id: EventId | None = None
+
+
+class LlmRequestStarted(_WireEvent, tag="LLM_REQUEST_STARTED"):
+    """An LLM request has been sent."""
+
+
+class LlmRequestCompleted(_WireEvent, tag="LLM_REQUEST_COMPLETED"):
+    """An LLM request finished successfully."""
+
+    duration_ms: Millis
+    prompt_tokens: Count
+    completion_tokens: Count
+    total_tokens: Count | None = None
+    has_tool_calls: bool = False
+    tool_calls: Count | None = None
+
+
+class LlmRequestFailed(_WireEvent, tag="LLM_REQUEST_FAILED"):
+    """An LLM request ended with an error."""
+
+    error_type: ErrorType
+    duration_ms: Millis | None = None
+    error_message: ErrorMessage | None = None
+
+
+WireEvent = Union[LlmRequestStarted, LlmRequestCompleted, LlmRequestFailed]
+WIRE_TYPES: tuple[type, ...] = (LlmRequestStarted, LlmRequestCompleted, LlmRequestFailed)
+TERMINAL_TYPES: tuple[type, ...] = (LlmRequestCompleted, LlmRequestFailed)

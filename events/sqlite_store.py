@@ -1,0 +1,181 @@
+"""The SQLite event store (aiosqlite): WAL, `synchronous=FULL`, one writer."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Sequence
+
+import aiosqlite
+
+import migrations
+from events.store import (
+    Accepted,
+    NewEvent,
+    Rejected,
+    StoredRow,
+    StoreError,
+    StoreUnavailable,
+    plan_append,
+)
+
+# SQLite's default limit on bound parameters is 32766; stay well below it.
+_CHUNK = 5000
+
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=5000",
+)
+
+
+def _translate(exc: sqlite3.Error) -> StoreError:
+    text = str(exc)
+    unavailable = ("full", "readonly", "read-only", "locked", "busy", "disk I/O", "unable to open")
+    if isinstance(exc, sqlite3.OperationalError) or any(w in text for w in unavailable):
+        return StoreUnavailable(f"the event log cannot be written: {text}")
+    return StoreError(f"event log error: {text}")
+
+
+class SQLiteStore:
+    """The default backend: one SQLite file. Open with `await SQLiteStore.open(path)`."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str):
+        self._conn = conn
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> "SQLiteStore":
+        """Open (creating the folder and file if needed) without migrating."""
+        path = str(path)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+            for pragma in _PRAGMAS:
+                await conn.execute(pragma)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        return cls(conn, path)
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction. Returns the names applied."""
+        conn = self._conn
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        async with conn.execute("SELECT version FROM schema_migrations") as cur:
+            done = {row[0] for row in await cur.fetchall()}
+        applied = []
+        for migration in migrations.load("sqlite"):
+            if migration.version in done:
+                continue
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                for statement in _statements(migration.sql):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ'))",
+                    (migration.version, migration.name),
+                )
+                await conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await conn.execute("ROLLBACK")
+                raise StoreError(
+                    f"migration {migration.version:04d}_{migration.name} failed: {exc}"
+                ) from exc
+            applied.append(f"{migration.version:04d}_{migration.name}")
+        return applied
+
+    async def append(self, batches: Sequence[Sequence[NewEvent]]) -> list[Accepted | Rejected]:
+        async with self._lock:
+            conn = self._conn
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _translate(exc) from exc
+            try:
+                last = await self._last_position()
+                ids = list({e.event_id for batch in batches for e in batch})
+                stored = dict(await self._select_in("SELECT event_id, payload FROM events "
+                                                    "WHERE event_id IN ", ids))
+                slots = list({e.slot for batch in batches for e in batch})
+                taken = {row[0] for row in await self._select_in(
+                    "SELECT slot FROM request_slots WHERE slot IN ", slots)}
+                plan = plan_append(batches, stored, taken, last)
+                if plan.rows:
+                    now = time.time_ns() // 1000
+                    await conn.executemany(
+                        "INSERT INTO events (position, event_id, type, payload, recorded_at) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        [(p, e.event_id, e.type_code, e.payload, now) for p, e in plan.rows],
+                    )
+                    await conn.executemany(
+                        "INSERT INTO request_slots (slot) VALUES (?)", [(s,) for s in plan.slots]
+                    )
+                await conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await self._rollback()
+                raise _translate(exc) from exc
+            except BaseException:
+                await self._rollback()
+                raise
+            return plan.results
+
+    async def read(self, after: int, limit: int) -> list[StoredRow]:
+        try:
+            async with self._conn.execute(
+                "SELECT position, event_id, payload, recorded_at FROM events "
+                "WHERE position > ? ORDER BY position LIMIT ?",
+                (after, limit),
+            ) as cur:
+                return await cur.fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    async def last_position(self) -> int:
+        try:
+            return await self._last_position()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def _last_position(self) -> int:
+        async with self._conn.execute("SELECT max(position) FROM events") as cur:
+            row = await cur.fetchone()
+        return row[0] or 0
+
+    async def _select_in(self, sql: str, values: list) -> list[tuple]:
+        found: list[tuple] = []
+        for start in range(0, len(values), _CHUNK):
+            chunk = values[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            async with self._conn.execute(f"{sql}({marks})", chunk) as cur:
+                found.extend(await cur.fetchall())
+        return found
+
+    async def _rollback(self) -> None:
+        try:
+            await self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the transaction may already be gone (e.g. SQLite rolled back on a full disk)
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (sqlite3 runs one at a time inside a transaction)."""
+    statements, current = [], ""
+    for line in sql.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    if current.strip() and not current.strip().startswith("--"):
+        statements.append(current.strip())
+    return statements

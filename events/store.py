@@ -1,0 +1,156 @@
+"""The event store port: the narrow interface every backend implements.
+
+A backend keeps an append-only log of `(position, event_id, type, payload, recorded_at)` rows.
+Positions are gapless and increasing. Two rules are enforced by the store's own indexes, not by
+memory: an `event_id` is stored once (re-posting the same content is a duplicate, different
+content a conflict), and a request has at most one started and one terminal event (its "slots").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple, Protocol, Sequence
+
+import msgspec
+
+from events.records import Record, Started
+
+
+class NewEvent(NamedTuple):
+    """An event ready to append: everything the store needs, computed before the writer runs."""
+
+    event_id: str
+    type_code: int
+    payload: bytes
+    slot: bytes
+    record: Record
+
+
+# A row of the log as `read` returns it: (position, event_id, payload, recorded_at_us).
+# Plain tuples, not a NamedTuple: replay reads millions of them.
+StoredRow = tuple[int, str, bytes, int]
+
+
+class Issue(msgspec.Struct, frozen=True):
+    """One problem with one event of a request: which event, which field, what is wrong."""
+
+    index: int
+    path: str
+    message: str
+
+
+class Accepted(NamedTuple):
+    """A batch that was committed; `rows` are its newly appended events with their positions."""
+
+    appended: int
+    duplicates: int
+    last_position: int
+    rows: list[tuple[int, NewEvent]]
+
+
+class Rejected(NamedTuple):
+    """A batch that conflicts with the log; nothing of it was stored."""
+
+    details: list[Issue]
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises; backends translate their driver's errors into these."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot take writes now (disk full, read-only, locked); worth retrying later."""
+
+
+def slot_key(record: Record) -> bytes:
+    """The key of the slot a record fills: (started | terminal, session_id, request_id)."""
+    kind = b"S" if type(record) is Started else b"T"
+    raw = kind + record.session_id.encode() + b"\x00" + record.request_id.encode()
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+class EventStore(Protocol):
+    """Where events live. Every backend passes `tests/integration/test_store_contract.py`."""
+
+    async def append(self, batches: Sequence[Sequence[NewEvent]]) -> list[Accepted | Rejected]:
+        """Commit every acceptable batch in one durable transaction, all-or-nothing per batch.
+
+        Returns one result per batch, in order. Raises `StoreUnavailable` when nothing could
+        be committed (then no batch was stored).
+        """
+        ...
+
+    async def read(self, after: int, limit: int) -> list[StoredRow]:
+        """Up to `limit` rows with position > `after`, in position order."""
+        ...
+
+    async def last_position(self) -> int:
+        """The position of the newest event, 0 for an empty log."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+class AppendPlan(NamedTuple):
+    results: list[Accepted | Rejected]
+    rows: list[tuple[int, NewEvent]]
+    slots: list[bytes]
+
+
+def plan_append(
+    batches: Sequence[Sequence[NewEvent]],
+    stored_payloads: dict[str, bytes],
+    taken_slots: set[bytes],
+    last_position: int,
+) -> AppendPlan:
+    """Decide, batch by batch, what to append given what the log already holds.
+
+    `stored_payloads` maps the batches' event ids already in the log to their payloads and
+    `taken_slots` holds the batches' slots already filled. Shared by every backend so the
+    duplicate and conflict rules exist once.
+    """
+    results: list[Accepted | Rejected] = []
+    rows: list[tuple[int, NewEvent]] = []
+    slots: list[bytes] = []
+    position = last_position
+    for batch in batches:
+        ids: dict[str, bytes] = {}
+        filled: set[bytes] = set()
+        fresh: list[NewEvent] = []
+        issues: list[Issue] = []
+        duplicates = 0
+        for index, event in enumerate(batch):
+            known = ids.get(event.event_id)
+            if known is None:
+                known = stored_payloads.get(event.event_id)
+            if known is not None:
+                if known == event.payload:
+                    duplicates += 1
+                else:
+                    issues.append(
+                        Issue(index, "$.event_id", f"event_id {event.event_id!r} is already "
+                              "stored with different content")
+                    )
+                continue
+            if event.slot in filled or event.slot in taken_slots:
+                kind = "started" if event.type_code == 1 else "terminal (completed or failed)"
+                issues.append(
+                    Issue(index, "$.request_id", f"request {event.record.request_id!r} of "
+                          f"session {event.record.session_id!r} already has a {kind} event")
+                )
+                continue
+            ids[event.event_id] = event.payload
+            filled.add(event.slot)
+            fresh.append(event)
+        if issues:
+            results.append(Rejected(issues))
+            continue
+        stored_payloads.update(ids)
+        taken_slots.update(filled)
+        appended = list(zip(range(position + 1, position + 1 + len(fresh)), fresh))
+        rows.extend(appended)
+        slots.extend(filled)
+        position += len(fresh)
+        results.append(Accepted(len(fresh), duplicates, position, appended))
+    return AppendPlan(results, rows, slots)

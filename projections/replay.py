@@ -1,0 +1,213 @@
+"""Replay and snapshots: how read models are rebuilt from the log.
+
+`replay` is the one function both server startup and `python -m service replay` use. A snapshot
+stores every projection's state, its version and the log position they reflect; it is used only
+when its checksum, versions and position all check out, otherwise the log is replayed in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import msgspec
+
+from events.codec import UndecodableEvent, decode
+from events.records import Record
+from events.store import EventStore
+from projections.metrics import MetricsProjection
+
+PAGE = 20_000
+
+
+class ReadModels:
+    """Every projection, plus the log position all of them have applied."""
+
+    def __init__(self) -> None:
+        self.metrics = MetricsProjection()
+        self.projections = [self.metrics]
+        self.position = 0
+
+    def apply(self, position: int, record: Record) -> None:
+        for projection in self.projections:
+            projection.apply(record)
+        self.position = position
+
+
+class ReplayReport(NamedTuple):
+    events: int
+    seconds: float
+    skipped: list[int]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+class UndecodableLog(Exception):
+    """A row of the log that cannot be decoded; names its position."""
+
+    def __init__(self, position: int, reason: str):
+        super().__init__(
+            f"the event at position {position} cannot be decoded ({reason}); nothing was "
+            "changed. Run `python -m service replay --skip-undecodable` to see what would be "
+            "skipped, or fix the code that reads it."
+        )
+        self.position = position
+
+
+async def replay(
+    store: EventStore,
+    models: ReadModels,
+    *,
+    skip_undecodable: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+    page: int = PAGE,
+) -> ReplayReport:
+    """Apply every event after `models.position` to `models`, in position order."""
+    started = time.perf_counter()
+    applies = [p.apply for p in models.projections]
+    skipped: list[int] = []
+    count = 0
+    after = models.position
+    pending = asyncio.ensure_future(store.read(after, page))
+    while True:
+        rows = await pending
+        if not rows:
+            break
+        # Fetch the next page in the store's thread while this one is folded.
+        pending = asyncio.ensure_future(store.read(rows[-1][0], page))
+        for position, _event_id, payload, _recorded_at in rows:
+            try:
+                record = decode(payload)
+            except UndecodableEvent as exc:
+                if not skip_undecodable:
+                    pending.cancel()
+                    raise UndecodableLog(position, str(exc)) from exc
+                skipped.append(position)
+                continue
+            for apply in applies:
+                apply(record)
+        count += len(rows)
+        models.position = rows[-1][0]
+        if on_progress is not None:
+            on_progress(models.position)
+    return ReplayReport(count - len(skipped), time.perf_counter() - started, skipped)
+
+
+# ---- snapshots -------------------------------------------------------------------------------
+
+_MAGIC = b"LLM-METRICS-SNAPSHOT\x01"
+_DIGEST = 32
+
+
+class _ProjectionSnapshot(msgspec.Struct, array_like=True):
+    version: int
+    state: msgspec.Raw
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    position: int
+    # The event id at `position`, so a snapshot of another log of the same length is refused.
+    event_id: str | None
+    projections: dict[str, _ProjectionSnapshot]
+
+
+def encode_snapshot(models: ReadModels, event_id: str | None) -> bytes:
+    """The snapshot file's bytes: magic, checksum, body. Runs on the loop (state must not move)."""
+    body = msgspec.msgpack.encode(
+        _Snapshot(
+            models.position,
+            event_id,
+            {
+                p.name: _ProjectionSnapshot(p.version, msgspec.Raw(msgspec.msgpack.encode(p.state)))
+                for p in models.projections
+            },
+        )
+    )
+    return _MAGIC + hashlib.blake2b(body, digest_size=_DIGEST).digest() + body
+
+
+def write_file_atomically(path: str | Path, data: bytes) -> None:
+    """Write, fsync, rename: a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+async def write_snapshot(path: str | Path, models: ReadModels, store: EventStore) -> int:
+    """Snapshot `models` to `path`; returns the position it covers."""
+    position = models.position
+    event_id = None
+    if position:
+        rows = await store.read(position - 1, 1)
+        event_id = rows[0][1] if rows and rows[0][0] == position else None
+    # Encoded after the await and without another one in between: the state cannot move.
+    data = encode_snapshot(models, event_id)
+    await asyncio.to_thread(write_file_atomically, path, data)
+    return position
+
+
+class SnapshotRefused(Exception):
+    """Why a snapshot cannot be used (the caller logs it and replays the whole log)."""
+
+
+def decode_snapshot(data: bytes) -> _Snapshot:
+    if not data.startswith(_MAGIC):
+        raise SnapshotRefused("not a snapshot file (bad magic)")
+    digest = data[len(_MAGIC):len(_MAGIC) + _DIGEST]
+    body = data[len(_MAGIC) + _DIGEST:]
+    if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
+        raise SnapshotRefused("checksum mismatch (truncated or corrupted)")
+    try:
+        return msgspec.msgpack.decode(body, type=_Snapshot)
+    except msgspec.MsgspecError as exc:
+        raise SnapshotRefused(f"undecodable body: {exc}") from exc
+
+
+async def load_snapshot(path: str | Path, models: ReadModels, store: EventStore) -> int:
+    """Restore `models` from the snapshot at `path`; returns its position.
+
+    Raises `SnapshotRefused` (models untouched) when the file is missing, damaged, of another
+    projection version, or does not match the log.
+    """
+    try:
+        data = await asyncio.to_thread(Path(path).read_bytes)
+    except FileNotFoundError:
+        raise SnapshotRefused("no snapshot file") from None
+    except OSError as exc:
+        raise SnapshotRefused(f"unreadable: {exc}") from exc
+    snap = decode_snapshot(data)
+    states = {}
+    for projection in models.projections:
+        saved = snap.projections.get(projection.name)
+        if saved is None or saved.version != projection.version:
+            raise SnapshotRefused(f"projection {projection.name!r} changed version")
+        try:
+            states[projection.name] = msgspec.msgpack.decode(
+                saved.state, type=projection.state_type
+            )
+        except msgspec.MsgspecError as exc:
+            raise SnapshotRefused(f"projection {projection.name!r}: {exc}") from exc
+    if snap.position:
+        rows = await store.read(snap.position - 1, 1)
+        if not rows or rows[0][0] != snap.position or rows[0][1] != snap.event_id:
+            raise SnapshotRefused(f"it is for another log (position {snap.position})")
+    for projection in models.projections:
+        projection.state = states[projection.name]
+    models.position = snap.position
+    return snap.position

@@ -1,0 +1,119 @@
+"""`python -m service serve | replay | migrate` (also installed as `llm-metrics`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import sys
+import time
+
+from aiohttp import web
+
+from projections.replay import UndecodableLog, write_snapshot
+from service.app import create_app, load_read_models, open_store
+from service.config import DEFAULT_SECRET, Config, ConfigError, add_arguments, from_args
+from service.progress import Progress
+
+log = logging.getLogger("service")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(config: Config) -> int:
+    if config.secret == DEFAULT_SECRET:
+        if not _is_loopback(config.host):
+            log.error(
+                "refusing to listen on %s with the default secret: set LLM_METRICS_SECRET "
+                "(or --secret) to a long random value, e.g. `export LLM_METRICS_SECRET=$(openssl "
+                "rand -hex 32)`", config.host)
+            return 2
+        log.warning("LLM_METRICS_SECRET is the default %r: fine on a laptop, set your own "
+                    "before anyone else can reach this port", DEFAULT_SECRET)
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        access_log=log if config.access_log else None,
+        print=lambda *_: log.info("serving on http://%s:%d", config.host, config.port),
+        shutdown_timeout=5.0,
+    )
+    return 0
+
+
+async def _replay(config: Config, skip_undecodable: bool) -> int:
+    store = await open_store(config)
+    try:
+        last = await store.last_position()
+        progress = Progress(last, "replay")
+        try:
+            models, report = await load_read_models(
+                store, config, use_snapshot=False, skip_undecodable=skip_undecodable,
+                on_progress=progress.update,
+            )
+        except UndecodableLog as exc:
+            progress.done()
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        progress.done()
+        started = time.perf_counter()
+        await write_snapshot(config.snapshot_path, models, store)
+        total = models.metrics.state.total
+        print(
+            f"replayed {report.events:,} events up to position {models.position} in "
+            f"{report.seconds:.2f} s ({report.rate:,.0f} events/s): {total.sessions:,} "
+            f"sessions, {total.successful + total.failed:,} finished requests; snapshot "
+            f"written to {config.snapshot_path} in {time.perf_counter() - started:.2f} s"
+        )
+        if report.skipped:
+            shown = ", ".join(map(str, report.skipped[:50]))
+            more = " ..." if len(report.skipped) > 50 else ""
+            print(f"skipped {len(report.skipped)} undecodable events at positions {shown}{more}")
+        return 0
+    finally:
+        await store.close()
+
+
+async def _migrate(config: Config) -> int:
+    store = await open_store(config)
+    await store.close()
+    print(f"{config.db}: migrations up to date")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llm-metrics", description="LLM Metrics: record LLM requests, serve their metrics.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_p = commands.add_parser("serve", help="run the HTTP service")
+    replay_p = commands.add_parser(
+        "replay", help="rebuild the read models from the whole log and write a fresh snapshot "
+                       "(run it with the service stopped)")
+    replay_p.add_argument("--skip-undecodable", action="store_true",
+                          help="skip events that cannot be decoded and list their positions")
+    migrate_p = commands.add_parser("migrate", help="apply pending database migrations")
+    for p in (serve_p, replay_p, migrate_p):
+        add_arguments(p)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if args.command == "serve":
+        return serve(config)
+    if args.command == "replay":
+        return asyncio.run(_replay(config, args.skip_undecodable))
+    return asyncio.run(_migrate(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

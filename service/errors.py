@@ -1,0 +1,63 @@
+"""Every error leaves the service as JSON: `{"error": "...", "details": [...]}`."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from aiohttp import web
+
+from events.store import Issue, StoreError, StoreUnavailable
+from service.problems import ApiError
+from service.writer import Overloaded
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "1"
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    error: str
+    details: list[Issue] = []
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def json_error(
+    status: int, message: str, details: list[Issue] | None = None, headers: dict | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=_encode(ErrorBody(message, details or [])),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Translate exceptions into JSON responses; the service stays up whatever a handler raises."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_error(exc.status, exc.message, exc.details)
+    except (StoreUnavailable, Overloaded) as exc:
+        return json_error(503, f"cannot take events now: {exc}", headers={"Retry-After": RETRY_AFTER_S})
+    except StoreError as exc:
+        log.error("store error on %s %s: %s", request.method, request.path, exc)
+        return json_error(500, str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return json_error(413, f"request body is larger than the limit of {exc.max_size} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {
+            404: f"no such route: {request.method} {request.path}",
+            405: f"method {request.method} is not allowed on {request.path}",
+        }.get(exc.status, exc.reason)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return json_error(exc.status, message, headers=allow)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal error (logged on the server)")

@@ -1,0 +1,170 @@
+"""Ingest: turn a request body into events ready to append, or say exactly what is wrong.
+
+Strict by design: everything is validated before anything is stored, and every problem is
+reported with the index of the event and the JSON path of the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+import uuid
+
+import msgspec
+
+from events import codec
+from events.schema import WIRE_TYPES, WireEvent
+from events.store import Issue, NewEvent, slot_key
+from service.problems import ApiError
+
+JSON_TYPES = ("application/json",)
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+# An event's time may run ahead of ours by clock skew, not by days.
+MAX_FUTURE_US = 24 * 3600 * 1_000_000
+
+_one = msgspec.json.Decoder(WireEvent)
+_many = msgspec.json.Decoder(list[WireEvent])
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_TYPE_NAMES = ", ".join(t.__struct_config__.tag for t in WIRE_TYPES)
+
+# Server-assigned event ids: UUID-4 shaped, a random per-process prefix plus a counter. As unique
+# as uuid4() for our purposes and ten times cheaper, which matters at 150k events/s.
+_id_prefix = str(uuid.uuid4())[:24]
+_id_counter = itertools.count(int.from_bytes(uuid.uuid4().bytes[:4], "big"))
+
+
+def new_event_id() -> str:
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFF_FFFF_FFFF:012x}"
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def parse_body(body: bytes, content_type: str, now_us: int | None = None) -> list[NewEvent]:
+    """Decode and validate a body of one event, a JSON array, or NDJSON."""
+    kind = media_type(content_type)
+    if kind not in JSON_TYPES and kind not in NDJSON_TYPES:
+        raise ApiError(
+            415,
+            f"unsupported content-type {content_type or '(none)'!r}: send application/json "
+            "(one event or an array) or application/x-ndjson (one event per line)",
+        )
+    if not body.strip():
+        raise ApiError(400, "empty body: send one event, an array of events, or NDJSON")
+    if kind in NDJSON_TYPES:
+        events = _decode_lines(body)
+    else:
+        events = _decode_json(body)
+    if not events:
+        raise ApiError(400, "no events in the body")
+    return prepare(events, now_us)
+
+
+def prepare(events: list[WireEvent], now_us: int | None = None) -> list[NewEvent]:
+    """Check what the schema cannot, assign missing event ids and encode the records."""
+    latest = (time.time_ns() // 1000 if now_us is None else now_us) + MAX_FUTURE_US
+    issues = []
+    prepared = []
+    for index, event in enumerate(events):
+        record = codec.to_record(event)
+        if record.timestamp_us > latest:
+            issues.append(Issue(index, "$.timestamp", "timestamp is more than a day in the future"))
+            continue
+        prepared.append(
+            NewEvent(
+                event.event_id or new_event_id(),
+                codec.TYPE_CODES[type(record)],
+                codec.encode(record),
+                slot_key(record),
+                record,
+            )
+        )
+    if issues:
+        raise _invalid(issues, len(events))
+    return prepared
+
+
+def _decode_json(body: bytes) -> list[WireEvent]:
+    start = body.lstrip()[:1]
+    try:
+        if start == b"[":
+            try:
+                return _many.decode(body)
+            except msgspec.ValidationError:
+                items = _raw_list.decode(body)  # well-formed; find every invalid item
+                return _decode_items(list(enumerate(items)), len(items))
+        return _decode_items([(0, body)], 1)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {_plain(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
+def _decode_lines(body: bytes) -> list[WireEvent]:
+    lines = [(i, line) for i, line in enumerate(body.split(b"\n")) if line.strip()]
+    return _decode_items(lines, len(lines))
+
+
+def _decode_items(items: list[tuple[int, bytes]], total: int) -> list[WireEvent]:
+    events, issues = [], []
+    for index, raw in items:
+        try:
+            events.append(_decode_item(index, raw))
+        except _ItemError as exc:
+            issues.append(exc.issue)
+    if issues:
+        raise _invalid(issues, total)
+    return events
+
+
+class _ItemError(Exception):
+    def __init__(self, issue: Issue):
+        self.issue = issue
+
+
+def _decode_item(index: int, raw: bytes) -> WireEvent:
+    try:
+        return _one.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise _ItemError(_issue(index, str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise _ItemError(Issue(index, "$", f"malformed JSON: {_plain(exc)}")) from None
+    except UnicodeDecodeError as exc:
+        raise _ItemError(Issue(index, "$", f"not valid UTF-8 (byte {exc.start})")) from None
+
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
+_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<field>[^`]*)`")
+
+
+def _issue(index: int, text: str) -> Issue:
+    """Turn msgspec's 'Expected `int`, got `str` - at `$.prompt_tokens`' into an Issue."""
+    m = _AT.match(text)
+    message, path = m["message"], m["path"] or "$"
+    field = _FIELD.match(message)
+    if field:
+        path = f"{path}.{field['field']}"
+        if "unknown" in message:
+            message = f"unknown field `{field['field']}` for this event type"
+        else:
+            message = f"missing required field `{field['field']}`"
+    if path.endswith(".type") and message.startswith("Invalid value"):
+        message = f"{message}: unknown event type (expected one of {_TYPE_NAMES})"
+    return Issue(index, path, message)
+
+
+def _plain(exc: Exception) -> str:
+    return str(exc).removeprefix("JSON is malformed: ")
+
+
+def _invalid(issues: list[Issue], total: int) -> ApiError:
+    what = "event is" if len(issues) == 1 else "events are"
+    first = issues[0]
+    return ApiError(
+        400,
+        f"{len(issues)} of {total} {what} invalid, nothing was stored; first: event "
+        f"{first.index}, {first.path}: {first.message}",
+        issues,
+    )

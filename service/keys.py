@@ -1,0 +1,15 @@
+"""Every piece of typed application state, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from events.store import EventStore
+from projections.replay import ReadModels
+from service.config import Config
+from service.writer import Writer
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", EventStore)
+MODELS = web.AppKey("models", ReadModels)
+WRITER = web.AppKey("writer", Writer)

@@ -1,0 +1,124 @@
+"""The single writer: group commit, then live projection updates.
+
+Requests hand their prepared batches to `Writer.submit` and wait. One task drains everything
+queued, commits it in one transaction, applies the new events to the read models in position
+order, and only then answers each request: an acknowledged event is durable and visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Callable, Sequence
+
+from events.store import Accepted, EventStore, NewEvent, Rejected, StoreError, StoreUnavailable
+from projections.replay import ReadModels
+
+log = logging.getLogger(__name__)
+
+# Upper bound of events in one transaction: keeps one commit's latency bounded.
+MAX_GROUP_EVENTS = 50_000
+
+
+class Overloaded(Exception):
+    """The queue of pending events is full; the client should retry later."""
+
+
+class Writer:
+    def __init__(
+        self,
+        store: EventStore,
+        models: ReadModels,
+        max_pending: int,
+        on_commit: Callable[[int], None] | None = None,
+    ):
+        self._store = store
+        self._models = models
+        self._max_pending = max_pending
+        self._on_commit = on_commit
+        self._queue: deque[tuple[Sequence[NewEvent], asyncio.Future]] = deque()
+        self._pending_events = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self.appended = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-writer")
+
+    async def submit(self, batch: Sequence[NewEvent]) -> Accepted | Rejected:
+        """Queue one request's events and wait for their commit."""
+        if self._closing:
+            raise StoreUnavailable("the service is shutting down")
+        if self._pending_events and self._pending_events + len(batch) > self._max_pending:
+            raise Overloaded(f"{self._pending_events} events are waiting to be written")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((batch, future))
+        self._pending_events += len(batch)
+        self._wakeup.set()
+        return await future
+
+    async def close(self) -> None:
+        """Stop taking new batches, finish the queued ones, stop the task."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            group = self._take_group()
+            try:
+                await self._commit(group)
+            except Exception:  # never let the writer die: every request gets an answer
+                log.exception("writer failed on a group of %d batches", len(group))
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(StoreError("internal error while writing"))
+
+    def _take_group(self) -> list[tuple[Sequence[NewEvent], asyncio.Future]]:
+        group, size = [], 0
+        while self._queue and (not group or size + len(self._queue[0][0]) <= MAX_GROUP_EVENTS):
+            batch, future = self._queue.popleft()
+            self._pending_events -= len(batch)
+            if future.cancelled():
+                continue  # the client went away before we started; nothing was written
+            group.append((batch, future))
+            size += len(batch)
+        return group
+
+    async def _commit(self, group: list[tuple[Sequence[NewEvent], asyncio.Future]]) -> None:
+        if not group:
+            return
+        try:
+            results = await self._store.append([batch for batch, _ in group])
+        except StoreUnavailable as exc:
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except StoreError:
+            if len(group) == 1:
+                raise
+            # Something in the group broke the transaction: isolate it, one batch at a time.
+            for item in group:
+                await self._commit([item])
+            return
+        apply = self._models.apply
+        for result in results:
+            if isinstance(result, Accepted):
+                for position, event in result.rows:
+                    apply(position, event.record)
+                self.appended += result.appended
+        for (_, future), result in zip(group, results):
+            if not future.done():
+                future.set_result(result)
+        if self._on_commit is not None:
+            self._on_commit(self._models.position)
