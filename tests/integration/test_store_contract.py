@@ -1,0 +1,142 @@
+"""The store contract: every backend must pass these tests unchanged.
+
+A backend joins by adding a factory to `BACKENDS` (an async context manager yielding an opened,
+migrated, empty store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from events import codec
+from events.records import Completed, Failed, Started
+from events.sqlite_store import SQLiteStore
+from events.store import Accepted, NewEvent, Rejected, slot_key
+
+
+@contextlib.asynccontextmanager
+async def sqlite_backend(tmp_path):
+    store = await SQLiteStore.open(tmp_path / "contract.db")
+    await store.migrate()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+BACKENDS = {"sqlite": sqlite_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request, tmp_path):
+    async with BACKENDS[request.param](tmp_path) as store:
+        yield store
+
+
+def new(record, event_id=None) -> NewEvent:
+    return NewEvent(event_id or f"{record.session_id}/{record.request_id}/{type(record).__name__}",
+                    codec.TYPE_CODES[type(record)], codec.encode(record), slot_key(record), record)
+
+
+def start(sid="s", rid="r", ts=1):
+    return new(Started(sid, rid, "m", ts))
+
+
+def done(sid="s", rid="r", ts=2, tokens=3):
+    return new(Completed(sid, rid, "m", ts, 10.0, tokens, 1, tokens + 1))
+
+
+def fail(sid="s", rid="r", ts=2):
+    return new(Failed(sid, rid, "m", ts, "Timeout"))
+
+
+async def test_empty_log(store):
+    assert await store.last_position() == 0
+    assert await store.read(0, 10) == []
+
+
+async def test_positions_are_gapless_and_rows_read_back(store):
+    [result] = await store.append([[start(rid="a"), done(rid="a"), start(rid="b")]])
+    assert isinstance(result, Accepted)
+    assert (result.appended, result.duplicates, result.last_position) == (3, 0, 3)
+    assert [p for p, _ in result.rows] == [1, 2, 3]
+    rows = await store.read(0, 10)
+    assert [tuple(r[:3]) for r in rows] == [(1, "s/a/Started", start(rid="a").payload),
+                                            (2, "s/a/Completed", done(rid="a").payload),
+                                            (3, "s/b/Started", start(rid="b").payload)]
+    assert all(isinstance(r[3], int) and r[3] > 0 for r in rows)
+    assert await store.last_position() == 3
+    assert [r[0] for r in await store.read(1, 1)] == [2]
+    assert await store.read(3, 10) == []
+
+
+async def test_same_event_again_is_a_duplicate(store):
+    await store.append([[start(), done()]])
+    [result] = await store.append([[start(), done(), start(rid="x")]])
+    assert (result.appended, result.duplicates, result.last_position) == (1, 2, 3)
+    assert await store.last_position() == 3
+
+
+async def test_same_event_id_with_other_content_is_rejected_whole(store):
+    await store.append([[start()]])
+    changed = new(Started("s", "r", "other-model", 1), event_id="s/r/Started")
+    [result] = await store.append([[start(rid="fresh"), changed]])
+    assert isinstance(result, Rejected)
+    assert [(i.index, i.path) for i in result.details] == [(1, "$.event_id")]
+    assert await store.last_position() == 1  # nothing of the batch was stored
+
+
+async def test_one_terminal_event_per_request(store):
+    await store.append([[done()]])
+    [result] = await store.append([[fail(ts=5)]])
+    assert isinstance(result, Rejected)
+    assert result.details[0].path == "$.request_id"
+    [inside] = await store.append([[done(rid="q"), fail(rid="q")]])
+    assert isinstance(inside, Rejected) and inside.details[0].index == 1
+    assert await store.last_position() == 1
+
+
+async def test_one_started_event_per_request(store):
+    await store.append([[start()]])
+    [result] = await store.append([[start(ts=9)._replace(event_id="other")]])
+    assert isinstance(result, Rejected)
+
+
+async def test_request_ids_are_scoped_by_session(store):
+    [result] = await store.append([[done(sid="a"), done(sid="b")]])
+    assert isinstance(result, Accepted) and result.appended == 2
+
+
+async def test_a_group_commits_good_batches_and_rejects_bad_ones(store):
+    results = await store.append([[start(rid="1")], [done(rid="2"), done(rid="2", ts=7)
+                                                     ._replace(event_id="x")], [start(rid="3")]])
+    assert [type(r) for r in results] == [Accepted, Rejected, Accepted]
+    assert [p for p, _ in results[2].rows] == [2]
+    assert [r[1] for r in await store.read(0, 10)] == ["s/1/Started", "s/3/Started"]
+
+
+async def test_a_later_batch_in_a_group_sees_an_earlier_one(store):
+    results = await store.append([[done()], [done()], [fail()]])
+    assert [type(r) for r in results] == [Accepted, Accepted, Rejected]
+    assert results[1].duplicates == 1
+
+
+async def test_large_batches(store):
+    batch = [start(rid=str(i)) for i in range(12_000)]
+    [result] = await store.append([batch])
+    assert result.appended == 12_000
+    [again] = await store.append([batch])
+    assert again.duplicates == 12_000
+    assert len(await store.read(0, 100_000)) == 12_000
+
+
+async def test_strings_that_look_like_sql_or_are_odd(store):
+    odd = ["'; DROP TABLE events; --", "a/b%2F", 'q"uote', "nul\x00byte", "emoji 🚀", "ü" * 256]
+    batch = [new(Started(s, s, s, 1), event_id=s[:128]) for s in odd]
+    [result] = await store.append([batch])
+    assert result.appended == len(odd)
+    rows = await store.read(0, 10)
+    assert [codec.decode(r[2]).session_id for r in rows] == odd
+    assert [r[1] for r in rows] == [s[:128] for s in odd]
