@@ -47,6 +47,7 @@ def us_to_timestamp(us: int) -> datetime:
 def to_record(event: WireEvent) -> Record:
     """The log record for a validated wire event (defaults filled in, time made UTC)."""
     ts = timestamp_to_us(event.timestamp)
+    tags = tuple(event.tags)
     if type(event) is LlmRequestCompleted:
         total = event.total_tokens
         if total is None:
@@ -62,6 +63,14 @@ def to_record(event: WireEvent) -> Record:
             total,
             event.has_tool_calls or bool(event.tool_calls),
             event.tool_calls,
+            None if event.time_to_first_token_ms is None else float(event.time_to_first_token_ms),
+            event.cached_prompt_tokens or 0,
+            event.reasoning_tokens or 0,
+            event.finish_reason,
+            None if event.cost_usd is None else float(event.cost_usd),
+            event.user_id,
+            tags,
+            event.provider,
         )
     if type(event) is LlmRequestFailed:
         return Failed(
@@ -72,8 +81,12 @@ def to_record(event: WireEvent) -> Record:
             event.error_type,
             None if event.duration_ms is None else float(event.duration_ms),
             event.error_message,
+            event.user_id,
+            tags,
+            event.provider,
         )
-    return Started(event.session_id, event.request_id, event.model, ts)
+    return Started(event.session_id, event.request_id, event.model, ts, event.user_id, tags,
+                   event.provider)
 
 
 def to_wire(record: Record, event_id: str) -> WireEvent:
@@ -84,6 +97,9 @@ def to_wire(record: Record, event_id: str) -> WireEvent:
         model=record.model,
         timestamp=us_to_timestamp(record.timestamp_us),
         event_id=event_id,
+        user_id=record.user_id,
+        tags=list(record.tags),
+        provider=record.provider,
     )
     if type(record) is Completed:
         return LlmRequestCompleted(
@@ -94,6 +110,11 @@ def to_wire(record: Record, event_id: str) -> WireEvent:
             total_tokens=record.total_tokens,
             has_tool_calls=record.has_tool_calls,
             tool_calls=record.tool_calls,
+            time_to_first_token_ms=record.time_to_first_token_ms,
+            cached_prompt_tokens=record.cached_prompt_tokens or None,
+            reasoning_tokens=record.reasoning_tokens or None,
+            finish_reason=record.finish_reason,
+            cost_usd=record.cost_usd,
         )
     if type(record) is Failed:
         return LlmRequestFailed(

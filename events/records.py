@@ -9,6 +9,10 @@ doubles as the schema version of the record:
 - an incompatible change gets a new tag and an upcaster in `events.codec` that turns the old
   record into the new one on read. The log is never rewritten.
 
+Optional fields every event has (`user_id`, `tags`, `provider`) sit at the end of each record
+rather than in the base: in an array, a base field would come before the subclass's required
+fields and shift every position after it. An absent optional value costs one byte.
+
 Projections fold these records; they never see the wire format.
 """
 
@@ -30,6 +34,10 @@ class _Record(msgspec.Struct, frozen=True, array_like=True, gc=False):
 class Started(_Record, tag=1):
     """The request was sent (`LLM_REQUEST_STARTED`)."""
 
+    user_id: str | None = None
+    tags: tuple[str, ...] = ()
+    provider: str | None = None
+
 
 class Completed(_Record, tag=2):
     """The request succeeded (`LLM_REQUEST_COMPLETED`)."""
@@ -40,6 +48,14 @@ class Completed(_Record, tag=2):
     total_tokens: int
     has_tool_calls: bool = False
     tool_calls: int | None = None
+    time_to_first_token_ms: float | None = None
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
+    finish_reason: str | None = None
+    cost_usd: float | None = None
+    user_id: str | None = None
+    tags: tuple[str, ...] = ()
+    provider: str | None = None
 
 
 class Failed(_Record, tag=3):
@@ -48,6 +64,9 @@ class Failed(_Record, tag=3):
     error_type: str
     duration_ms: float | None = None
     error_message: str | None = None
+    user_id: str | None = None
+    tags: tuple[str, ...] = ()
+    provider: str | None = None
 
 
 Record = Union[Started, Completed, Failed]

@@ -22,6 +22,8 @@ Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Millis = Annotated[float, Meta(ge=0)]
 ErrorType = Annotated[str, Meta(min_length=1, max_length=256)]
 ErrorMessage = Annotated[str, Meta(max_length=4096)]
+Label = Annotated[str, Meta(max_length=256)]
+Tags = Annotated[list[Label], Meta(max_length=20)]
 
 
 class _WireEvent(
@@ -36,6 +38,9 @@ class _WireEvent(
     model: ModelName
     timestamp: Timestamp
     event_id: EventId | None = None
+    user_id: Label | None = None
+    tags: Tags = []
+    provider: Label | None = None
 
 
 class LlmRequestStarted(_WireEvent, tag="LLM_REQUEST_STARTED"):
@@ -51,6 +56,11 @@ class LlmRequestCompleted(_WireEvent, tag="LLM_REQUEST_COMPLETED"):
     total_tokens: Count | None = None
     has_tool_calls: bool = False
     tool_calls: Count | None = None
+    time_to_first_token_ms: Millis | None = None
+    cached_prompt_tokens: Count | None = None
+    reasoning_tokens: Count | None = None
+    finish_reason: Label | None = None
+    cost_usd: Annotated[float, Meta(ge=0)] | None = None
 
 
 class LlmRequestFailed(_WireEvent, tag="LLM_REQUEST_FAILED"):

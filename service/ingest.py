@@ -14,6 +14,7 @@ import uuid
 import msgspec
 
 from events import codec
+from events.records import Completed, Record
 from events.schema import WIRE_TYPES, WireEvent
 from events.store import Issue, NewEvent, slot_key
 from service.problems import ApiError
@@ -69,8 +70,9 @@ def prepare(events: list[WireEvent], now_us: int | None = None) -> list[NewEvent
     prepared = []
     for index, event in enumerate(events):
         record = codec.to_record(event)
-        if record.timestamp_us > latest:
-            issues.append(Issue(index, "$.timestamp", "timestamp is more than a day in the future"))
+        problem = _inconsistency(record, latest)
+        if problem is not None:
+            issues.append(Issue(index, *problem))
             continue
         prepared.append(
             NewEvent(
@@ -84,6 +86,23 @@ def prepare(events: list[WireEvent], now_us: int | None = None) -> list[NewEvent
     if issues:
         raise _invalid(issues, len(events))
     return prepared
+
+
+def _inconsistency(record: Record, latest_us: int) -> tuple[str, str] | None:
+    """The first rule a schema cannot express that `record` breaks, as (path, message)."""
+    if record.timestamp_us > latest_us:
+        return "$.timestamp", "timestamp is more than a day in the future"
+    if type(record) is Completed:
+        if record.cached_prompt_tokens > record.prompt_tokens:
+            return "$.cached_prompt_tokens", "cached_prompt_tokens is part of prompt_tokens and " \
+                                             "cannot exceed it"
+        if record.reasoning_tokens > record.completion_tokens:
+            return "$.reasoning_tokens", "reasoning_tokens is part of completion_tokens and " \
+                                         "cannot exceed it"
+        ttft = record.time_to_first_token_ms
+        if ttft is not None and ttft > record.duration_ms:
+            return "$.time_to_first_token_ms", "time_to_first_token_ms cannot exceed duration_ms"
+    return None
 
 
 def _decode_json(body: bytes) -> list[WireEvent]:

@@ -19,12 +19,17 @@ times = st.datetimes(
 )
 counts = st.integers(min_value=0, max_value=2**63 - 1)
 millis = st.floats(min_value=0, max_value=1e9, allow_nan=False)
-common = dict(session_id=text, request_id=text, model=st.text(max_size=40), timestamp=times)
+common = dict(session_id=text, request_id=text, model=st.text(max_size=40), timestamp=times,
+              user_id=st.none() | text, tags=st.lists(text, max_size=20),
+              provider=st.none() | text)
 wire_events = st.one_of(
     st.builds(LlmRequestStarted, **common),
     st.builds(LlmRequestCompleted, **common, duration_ms=millis, prompt_tokens=counts,
               completion_tokens=counts, total_tokens=st.none() | counts,
-              has_tool_calls=st.booleans(), tool_calls=st.none() | counts),
+              has_tool_calls=st.booleans(), tool_calls=st.none() | counts,
+              time_to_first_token_ms=st.none() | millis, cached_prompt_tokens=st.none() | counts,
+              reasoning_tokens=st.none() | counts, finish_reason=st.none() | text,
+              cost_usd=st.none() | millis),
     st.builds(LlmRequestFailed, **common, error_type=text, duration_ms=st.none() | millis,
               error_message=st.none() | st.text(max_size=100)),
 )
@@ -71,14 +76,16 @@ def test_timestamps_are_stored_as_utc_microseconds():
 
 
 def test_records_are_compact_positional_arrays():
-    record = Started("sess", "req", "gpt-4", 1)
-    assert msgspec.msgpack.decode(codec.encode(record)) == [1, "sess", "req", "gpt-4", 1]
+    record = Started("sess", "req", "gpt-4", 1, "u", ("a",))
+    assert msgspec.msgpack.decode(codec.encode(record)) == [1, "sess", "req", "gpt-4", 1, "u",
+                                                            ["a"], None]
 
 
 def test_an_older_shorter_record_still_decodes():
-    # A Completed written before `has_tool_calls` and `tool_calls` existed.
+    # A Completed written before its optional trailing fields existed.
     old = msgspec.msgpack.encode([2, "s", "r", "m", 5, 1.5, 3, 4, 7])
     assert codec.decode(old) == Completed("s", "r", "m", 5, 1.5, 3, 4, 7, False, None)
+    assert codec.decode(old).tags == () and codec.decode(old).cached_prompt_tokens == 0
 
 
 def test_upcasters_turn_old_records_into_current_ones(monkeypatch):
