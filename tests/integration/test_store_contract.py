@@ -12,8 +12,10 @@ import pytest
 
 from events import codec
 from events.records import Completed, Failed, Started
+from events.postgres_store import PostgresStore
 from events.sqlite_store import SQLiteStore
 from events.store import Accepted, NewEvent, Rejected, slot_key
+from tests.postgres import DSN, fresh_schema
 
 
 @contextlib.asynccontextmanager
@@ -26,7 +28,18 @@ async def sqlite_backend(tmp_path):
         await store.close()
 
 
-BACKENDS = {"sqlite": sqlite_backend}
+@contextlib.asynccontextmanager
+async def postgres_backend(tmp_path):
+    async with fresh_schema("contract") as schema:
+        store = await PostgresStore.open(DSN, schema=schema)
+        await store.migrate()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+BACKENDS = {"sqlite": sqlite_backend, "postgres": postgres_backend}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
