@@ -16,6 +16,7 @@ from service.auth import auth_middleware
 from service.config import Config
 from service.errors import error_middleware
 from service.routes import setup_routes
+from service.stream import MetricsStream
 from service.writer import Writer
 
 log = logging.getLogger("service")
@@ -71,17 +72,29 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
         await _snapshot(app, "shutdown")
 
     async def writer_ctx(app: web.Application):
-        writer = Writer(app[keys.STORE], app[keys.MODELS], config.max_pending)
+        stream = MetricsStream(app[keys.STORE], app[keys.MODELS])
+        app[keys.STREAM] = stream
+        writer = Writer(app[keys.STORE], app[keys.MODELS], config.max_pending,
+                        on_commit=stream.notify)
         app[keys.WRITER] = writer
         writer.start()
+        stream.start()
         snapshots = asyncio.create_task(_snapshot_loop(app), name="snapshots")
         yield
         snapshots.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await snapshots
         await writer.close()
+        await stream.close()
+
+    async def end_streams(app: web.Application) -> None:
+        # On shutdown, before open requests are awaited: a live stream would otherwise hold
+        # the server for the whole shutdown timeout.
+        if keys.STREAM in app:
+            await app[keys.STREAM].close()
 
     app.cleanup_ctx.extend([store_ctx, models_ctx, writer_ctx])
+    app.on_shutdown.append(end_streams)
     return app
 
 

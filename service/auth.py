@@ -9,7 +9,7 @@ from aiohttp import web
 from service.errors import json_error
 
 HEADER = "x-internal-auth"
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/dashboard"})
 
 
 def auth_middleware(secret: str):

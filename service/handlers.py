@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import msgspec
 from aiohttp import web
 
 from events.store import Rejected
 from projections import views
-from service import ingest, keys
+from service import export, ingest, keys
 from service.errors import json_error
 from service.problems import ApiError
+from service.stream import HEARTBEAT, HEARTBEAT_S
 
 _encode = msgspec.json.Encoder().encode
 
@@ -63,6 +67,58 @@ class Health(msgspec.Struct):
 async def health(request: web.Request) -> web.Response:
     """200 once replay is done (the server only listens after it)."""
     return json_response(Health("ok", request.app[keys.MODELS].position))
+
+
+async def get_log(request: web.Request) -> web.Response:
+    """`GET /events?after=&limit=&from=&to=&wait=`: stored events as NDJSON wire events.
+
+    `x-last-position` is the position to pass as the next `after`; `x-log-position` is the end of
+    the log. With `wait=N` (seconds) and nothing new yet, the answer waits for new events.
+    """
+    after = _int_param(request, "after", 0, 0, None)
+    limit = _int_param(request, "limit", 1000, 1, 10_000)
+    wait = _int_param(request, "wait", 0, 0, 60)
+    start_us = export.parse_time("from", request.query.get("from"))
+    end_us = export.parse_time("to", request.query.get("to"))
+    if wait:
+        await request.app[keys.STREAM].wait_past(after, wait)
+    page = await export.read_page(request.app[keys.STORE], after, limit, start_us, end_us)
+    return web.Response(body=page.body, content_type="application/x-ndjson", headers={
+        "x-last-position": str(page.last_position),
+        "x-log-position": str(request.app[keys.MODELS].position),
+    })
+
+
+async def get_stream(request: web.Request) -> web.StreamResponse:
+    """`GET /events/metrics/stream`: Server-Sent Events, one `metrics` event per update."""
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        # Reverse proxies (nginx) must not buffer: updates have to arrive as they are sent.
+        "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    with request.app[keys.STREAM].subscribe() as mailbox:
+        try:
+            while True:
+                try:
+                    frame = await asyncio.wait_for(mailbox.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    frame = HEARTBEAT
+                if frame is None:  # the service is shutting down
+                    break
+                await response.write(frame)
+        except ConnectionError:
+            pass  # the client went away
+    return response
+
+
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+
+
+async def dashboard(request: web.Request) -> web.FileResponse:
+    """The dashboard page: public, holds no secret (it asks for it and keeps it in the tab)."""
+    return web.FileResponse(DASHBOARD, headers={"Cache-Control": "no-cache"})
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:

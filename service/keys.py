@@ -7,9 +7,11 @@ from aiohttp import web
 from events.store import EventStore
 from projections.replay import ReadModels
 from service.config import Config
+from service.stream import MetricsStream
 from service.writer import Writer
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", EventStore)
 MODELS = web.AppKey("models", ReadModels)
 WRITER = web.AppKey("writer", Writer)
+STREAM = web.AppKey("stream", MetricsStream)

@@ -1,0 +1,177 @@
+"""Live updates: `GET /events/metrics/stream` pushes metrics as Server-Sent Events after appends.
+
+The writer calls `MetricsStream.notify` after each commit. One publisher task (not one per
+subscriber) turns "the log moved" into one encoded update: the global metrics plus the metrics of
+every session the new events touched, found by reading the new rows back from the store. Updates
+are throttled to one per `MIN_INTERVAL_S`, so a burst of ten thousand commits costs a handful of
+updates, and each is encoded once and shared by every subscriber.
+
+Each update names the position range it covers (`from_position` -> `position`). A subscriber too
+slow to keep up gets a resync (`from_position: null`) instead of an ever-growing queue: it then
+reloads what it shows through the REST endpoints. The first message of a stream is a resync too.
+
+Authentication is the usual `x-internal-auth` header (browsers send it with a streaming
+`fetch()`), so the secret never appears in a URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+from events.codec import UndecodableEvent, decode
+from events.store import EventStore
+from projections import views
+from projections.replay import ReadModels
+
+log = logging.getLogger(__name__)
+
+# At most one update per this many seconds: a dashboard cannot show more, and it bounds the work.
+MIN_INTERVAL_S = 0.2
+# New rows read back per update to find the touched sessions; past it, `sessions_complete` is
+# false and subscribers reload the session list themselves.
+MAX_ROWS_PER_UPDATE = 5_000
+# Messages queued for one subscriber before it is considered lagging and resynced.
+MAILBOX = 16
+# A comment line this often keeps proxies from closing an idle stream and finds dead clients.
+HEARTBEAT_S = 15.0
+HEARTBEAT = b": keep-alive\n\n"
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Update(msgspec.Struct, kw_only=True):
+    """One stream message. `from_position` is null on a resync (reload everything)."""
+
+    from_position: int | None
+    position: int
+    sessions_complete: bool
+    global_metrics: object = msgspec.field(name="global")
+    sessions: list[object]
+
+
+def sse(data: bytes, event: str = "metrics") -> bytes:
+    """One Server-Sent Events frame (the JSON has no newlines, so one `data:` line is enough)."""
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class MetricsStream:
+    def __init__(self, store: EventStore, models: ReadModels):
+        self._store = store
+        self._models = models
+        self._moved = asyncio.Event()
+        self._subscribers: set[asyncio.Queue] = set()
+        self._published = models.position
+        self._task: asyncio.Task | None = None
+        self._closed = False
+
+    # -- the writer's side ---------------------------------------------------------------------
+
+    def notify(self, position: int) -> None:
+        """Called by the writer after each commit (on the event loop, must not block)."""
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
+    async def wait_past(self, position: int, timeout: float) -> None:
+        """Return once the log is past `position`, or after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._models.position <= position and not self._closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), remaining)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._publish_loop(), name="metrics-stream")
+
+    async def close(self) -> None:
+        """End every open stream and the publisher (at shutdown, before handlers are awaited)."""
+        self._closed = True
+        self.notify(self._models.position)
+        for mailbox in self._subscribers:
+            _replace_all(mailbox, None)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- subscribers ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def subscribe(self):
+        """A mailbox of encoded SSE frames; `None` in it means the service is shutting down."""
+        mailbox: asyncio.Queue = asyncio.Queue(MAILBOX)
+        mailbox.put_nowait(self._resync())
+        self._subscribers.add(mailbox)
+        try:
+            yield mailbox
+        finally:
+            self._subscribers.discard(mailbox)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def _resync(self) -> bytes:
+        state = self._models.metrics.state
+        return sse(_encode(Update(
+            from_position=None, position=self._models.position, sessions_complete=False,
+            global_metrics=views.global_metrics(state), sessions=[],
+        )))
+
+    async def _publish_loop(self) -> None:
+        while not self._closed:
+            moved = self._moved
+            if self._models.position == self._published:
+                await moved.wait()
+            if not self._subscribers:
+                # Nobody listens: remember where we are and skip reading the log.
+                self._published = self._models.position
+                continue
+            try:
+                frame = await self._next_update()
+            except Exception:  # a failed read must not end the stream for good
+                log.exception("could not build a metrics update")
+                frame = self._resync()
+                self._published = self._models.position
+            for mailbox in list(self._subscribers):
+                if mailbox.full():
+                    _replace_all(mailbox, self._resync())
+                else:
+                    mailbox.put_nowait(frame)
+            await asyncio.sleep(MIN_INTERVAL_S)
+
+    async def _next_update(self) -> bytes:
+        start, end = self._published, self._models.position
+        sessions: list = []
+        complete = end - start <= MAX_ROWS_PER_UPDATE
+        if complete:
+            touched: dict[str, None] = {}
+            for _position, _event_id, payload, _recorded_at in await self._store.read(start, end - start):
+                try:
+                    touched[decode(payload).session_id] = None
+                except UndecodableEvent:
+                    continue
+            # Metrics are read after the await, so they may already include events past `end`;
+            # the next update lists the sessions those touched.
+            state = self._models.metrics.state
+            sessions = [views.session_metrics(sid, state.sessions[sid])
+                        for sid in touched if sid in state.sessions]
+        self._published = end
+        return sse(_encode(Update(
+            from_position=start, position=end, sessions_complete=complete,
+            global_metrics=views.global_metrics(self._models.metrics.state), sessions=sessions,
+        )))
+
+
+def _replace_all(mailbox: asyncio.Queue, item) -> None:
+    while not mailbox.empty():
+        mailbox.get_nowait()
+    mailbox.put_nowait(item)
