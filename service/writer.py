@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from events.store import Accepted, EventStore, NewEvent, Rejected, StoreError, StoreUnavailable
 from projections.replay import ReadModels
+
+if TYPE_CHECKING:
+    from service.tailer import Tailer
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +35,14 @@ class Writer:
         models: ReadModels,
         max_pending: int,
         on_commit: Callable[[int], None] | None = None,
+        tailer: Tailer | None = None,
     ):
         self._store = store
         self._models = models
         self._max_pending = max_pending
         self._on_commit = on_commit
+        # Set when other processes append to the same log (see service/tailer.py).
+        self._tailer = tailer
         self._queue: deque[tuple[Sequence[NewEvent], asyncio.Future]] = deque()
         self._pending_events = 0
         self._wakeup = asyncio.Event()
@@ -111,12 +117,16 @@ class Writer:
             for item in group:
                 await self._commit([item])
             return
-        apply = self._models.apply
-        for result in results:
-            if isinstance(result, Accepted):
-                for position, event in result.rows:
-                    apply(position, event.record)
-                self.appended += result.appended
+        if self._tailer is not None:
+            await self._tailer.apply_own(results)
+            self.appended += sum(r.appended for r in results if isinstance(r, Accepted))
+        else:
+            apply = self._models.apply
+            for result in results:
+                if isinstance(result, Accepted):
+                    for position, event in result.rows:
+                        apply(position, event.record)
+                    self.appended += result.appended
         for (_, future), result in zip(group, results):
             if not future.done():
                 future.set_result(result)
