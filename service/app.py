@@ -15,6 +15,7 @@ from service import keys
 from service.auth import auth_middleware
 from service.config import Config
 from service.errors import error_middleware
+from service.otlp import new_span_counts
 from service.routes import setup_routes
 from service.stream import MetricsStream
 from service.writer import Writer
@@ -58,6 +59,7 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
         middlewares=[error_middleware, auth_middleware(config.secret)],
     )
     app[keys.CONFIG] = config
+    app[keys.OTLP_SPANS] = new_span_counts()
     setup_routes(app)
 
     async def store_ctx(app: web.Application):

@@ -14,4 +14,6 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", EventStore)
 MODELS = web.AppKey("models", ReadModels)
 WRITER = web.AppKey("writer", Writer)
+# OTLP span outcomes since the process started: service.otlp.SPAN_OUTCOMES -> count.
+OTLP_SPANS = web.AppKey("otlp_spans", dict[str, int])
 STREAM = web.AppKey("stream", MetricsStream)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service import handlers
+from service import otlp
 
 
 def setup_routes(app: web.Application) -> None:
@@ -17,3 +18,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/dashboard", handlers.dashboard)
     # `.+` so that session ids containing an encoded `/` still reach the handler.
     app.router.add_get("/events/metrics/session/{session_id:.+}", handlers.get_session)
+    app.router.add_post("/v1/traces", otlp.post_traces)
