@@ -1,7 +1,8 @@
 """Replay and snapshots: how read models are rebuilt from the log.
 
 `replay` is the one function both server startup and `python -m service replay` use. A snapshot
-stores every projection's state, its version and the log position they reflect; it is used only
+stores every projection's state, its fingerprint (version and prices) and the log position
+they reflect; it is used only
 when its checksum, versions and position all check out, otherwise the log is replayed in full.
 """
 
@@ -20,16 +21,25 @@ from events.codec import UndecodableEvent, decode
 from events.records import Record
 from events.store import EventStore
 from projections.metrics import MetricsProjection
+from projections.prices import PriceTable, default_prices
+from projections.timeseries import TimeseriesProjection
 
 PAGE = 20_000
 
 
 class ReadModels:
-    """Every projection, plus the log position all of them have applied."""
+    """Every projection, plus the log position all of them have applied.
 
-    def __init__(self) -> None:
-        self.metrics = MetricsProjection()
-        self.projections = [self.metrics]
+    A projection has `name`, `fingerprint` (its version plus the configuration it folds with;
+    a snapshot is used only when it matches), `state_type` (a msgspec Struct), `state`, and
+    `apply(record)`, a pure fold.
+    """
+
+    def __init__(self, prices: PriceTable | None = None) -> None:
+        self.prices = prices if prices is not None else default_prices()
+        self.metrics = MetricsProjection(self.prices)
+        self.timeseries = TimeseriesProjection(self.prices)
+        self.projections = [self.metrics, self.timeseries]
         self.position = 0
 
     def apply(self, position: int, record: Record) -> None:
@@ -67,28 +77,43 @@ async def replay(
     skip_undecodable: bool = False,
     on_progress: Callable[[int], None] | None = None,
     page: int = PAGE,
+    until: int | None = None,
+    where: Callable[[Record], bool] | None = None,
 ) -> ReplayReport:
-    """Apply every event after `models.position` to `models`, in position order."""
+    """Apply every event after `models.position` to `models`, in position order.
+
+    `until` stops after that position (for "as of" questions); `where` applies only the
+    records it accepts (for filtered questions), though the position still advances.
+    """
     started = time.perf_counter()
     applies = [p.apply for p in models.projections]
     skipped: list[int] = []
     count = 0
-    after = models.position
-    pending = asyncio.ensure_future(store.read(after, page))
-    while True:
+
+    def fetch(after: int):
+        limit = page if until is None else min(page, until - after)
+        if limit <= 0:
+            return None
+        return asyncio.ensure_future(store.read(after, limit))
+
+    pending = fetch(models.position)
+    while pending is not None:
         rows = await pending
         if not rows:
             break
         # Fetch the next page in the store's thread while this one is folded.
-        pending = asyncio.ensure_future(store.read(rows[-1][0], page))
+        pending = fetch(rows[-1][0])
         for position, _event_id, payload, _recorded_at in rows:
             try:
                 record = decode(payload)
             except UndecodableEvent as exc:
                 if not skip_undecodable:
-                    pending.cancel()
+                    if pending is not None:
+                        pending.cancel()
                     raise UndecodableLog(position, str(exc)) from exc
                 skipped.append(position)
+                continue
+            if where is not None and not where(record):
                 continue
             for apply in applies:
                 apply(record)
@@ -106,7 +131,8 @@ _DIGEST = 32
 
 
 class _ProjectionSnapshot(msgspec.Struct, array_like=True):
-    version: int
+    # The projection's version and the configuration it folded with (e.g. the price table).
+    fingerprint: str
     state: msgspec.Raw
 
 
@@ -124,7 +150,8 @@ def encode_snapshot(models: ReadModels, event_id: str | None) -> bytes:
             models.position,
             event_id,
             {
-                p.name: _ProjectionSnapshot(p.version, msgspec.Raw(msgspec.msgpack.encode(p.state)))
+                p.name: _ProjectionSnapshot(p.fingerprint,
+                                            msgspec.Raw(msgspec.msgpack.encode(p.state)))
                 for p in models.projections
             },
         )
@@ -151,12 +178,17 @@ def write_file_atomically(path: str | Path, data: bytes) -> None:
 
 async def write_snapshot(path: str | Path, models: ReadModels, store: EventStore) -> int:
     """Snapshot `models` to `path`; returns the position it covers."""
-    position = models.position
-    event_id = None
-    if position:
-        rows = await store.read(position - 1, 1)
-        event_id = rows[0][1] if rows and rows[0][0] == position else None
-    # Encoded after the await and without another one in between: the state cannot move.
+    while True:
+        position = models.position
+        event_id = None
+        if position:
+            rows = await store.read(position - 1, 1)
+            event_id = rows[0][1] if rows and rows[0][0] == position else None
+        # The writer or a tailer may have applied events during the read: then the event id
+        # is not the one at the state's position, so read again.
+        if models.position == position:
+            break
+    # Encoded after the check and without an await in between: the state cannot move.
     data = encode_snapshot(models, event_id)
     await asyncio.to_thread(write_file_atomically, path, data)
     return position
@@ -195,8 +227,8 @@ async def load_snapshot(path: str | Path, models: ReadModels, store: EventStore)
     states = {}
     for projection in models.projections:
         saved = snap.projections.get(projection.name)
-        if saved is None or saved.version != projection.version:
-            raise SnapshotRefused(f"projection {projection.name!r} changed version")
+        if saved is None or saved.fingerprint != projection.fingerprint:
+            raise SnapshotRefused(f"projection {projection.name!r} changed version or prices")
         try:
             states[projection.name] = msgspec.msgpack.decode(
                 saved.state, type=projection.state_type

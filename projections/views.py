@@ -1,19 +1,34 @@
 """Read models: the JSON shapes the API serves, computed from projection state on demand.
 
-Each view is O(1) in the size of the log (no scans): it only reads counters.
+Single-item views only read counters (no scans); listings scan the sessions they list.
+The response Structs here are also the source of the OpenAPI schemas.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Iterable
 
 import msgspec
 
 from events.codec import us_to_timestamp
-from projections.metrics import MetricsState, SessionState, Totals
+from projections.filters import EventFilter
+from projections.metrics import ByModel, MetricsState, SessionState, pending_counts
+from projections.prices import PICO
+from projections.sketch import Sketch
+from projections.stats import Stats, combine
 
 
-class MetricsView(msgspec.Struct, kw_only=True):
+class Percentiles(msgspec.Struct):
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+
+
+class Metrics(msgspec.Struct, kw_only=True):
+    """The totals every metrics response carries, for whatever slice of requests it covers."""
+
     total_requests: int
     successful_requests: int
     failed_requests: int
@@ -24,22 +39,59 @@ class MetricsView(msgspec.Struct, kw_only=True):
     total_tokens: int
     average_tokens_per_request: float
     requests_with_tools: int
-    in_flight_requests: int
+    cached_prompt_tokens: int
+    reasoning_tokens: int
+    total_cost_usd: float
+    prompt_cost_usd: float
+    completion_cost_usd: float
+    error_rate: float
+    errors_by_type: dict[str, int]
+    duration_ms_percentiles: Percentiles | None
+    time_to_first_token_ms_percentiles: Percentiles | None
+    output_tokens_per_second: float | None
 
 
-class SessionMetrics(MetricsView, kw_only=True):
-    """Metrics of one session (`GET /events/metrics/session/{session_id}`)."""
+class SessionMetrics(Metrics, kw_only=True):
+    """One session (`GET /events/metrics/session/{session_id}`)."""
 
     session_id: str
     first_seen: datetime
     last_seen: datetime
     models: list[str]
+    users: list[str]
+    in_flight_requests: int
+    stale_requests: int
+    unpriced_models: list[str]
+    by_model: dict[str, Metrics]
 
 
-class GlobalMetrics(MetricsView, kw_only=True):
-    """Metrics over every session (`GET /events/metrics`)."""
+class GlobalMetrics(Metrics, kw_only=True):
+    """Every session, or the slice a filter picks (`GET /events/metrics`)."""
 
     total_sessions: int
+    in_flight_requests: int
+    stale_requests: int
+    unpriced_models: list[str]
+    by_model: dict[str, Metrics]
+
+
+class ModelMetrics(Metrics, kw_only=True):
+    """One model over every session (`GET /events/metrics/models/{model}`)."""
+
+    model: str
+    priced: bool
+
+
+class ModelList(msgspec.Struct):
+    models: list[ModelMetrics]
+
+
+class UserMetrics(Metrics, kw_only=True):
+    """One user over every session (`GET /events/metrics/users/{user_id}`)."""
+
+    user_id: str
+    unpriced_models: list[str]
+    by_model: dict[str, Metrics]
 
 
 class SessionsPage(msgspec.Struct, kw_only=True):
@@ -47,6 +99,7 @@ class SessionsPage(msgspec.Struct, kw_only=True):
 
     sessions: list[SessionMetrics]
     total_sessions: int
+    matching_sessions: int
     next: str | None
 
 
@@ -55,43 +108,179 @@ def _ms(us: int) -> float:
     return int(value) if value.is_integer() else value
 
 
-def _totals(t: Totals) -> dict:
-    ok = t.successful
+def _percentiles(sketch: Sketch | None) -> Percentiles | None:
+    values = sketch.percentiles() if sketch is not None else None
+    return Percentiles(**values) if values else None
+
+
+def _fields(s: Stats) -> dict:
+    ok, failed = s.successful, s.failed
+    total = ok + failed
     return dict(
-        total_requests=ok + t.failed,
+        total_requests=total,
         successful_requests=ok,
-        failed_requests=t.failed,
-        total_duration_ms=_ms(t.duration_us),
-        average_duration_ms=round(t.duration_us / 1000 / ok, 2) if ok else 0,
-        total_prompt_tokens=t.prompt_tokens,
-        total_completion_tokens=t.completion_tokens,
-        total_tokens=t.total_tokens,
-        average_tokens_per_request=round(t.total_tokens / ok, 2) if ok else 0,
-        requests_with_tools=t.with_tools,
-        in_flight_requests=t.in_flight,
+        failed_requests=failed,
+        total_duration_ms=_ms(s.duration_us),
+        average_duration_ms=round(s.duration_us / 1000 / ok, 2) if ok else 0,
+        total_prompt_tokens=s.prompt_tokens,
+        total_completion_tokens=s.completion_tokens,
+        total_tokens=s.total_tokens,
+        average_tokens_per_request=round(s.total_tokens / ok, 2) if ok else 0,
+        requests_with_tools=s.with_tools,
+        cached_prompt_tokens=s.cached_prompt_tokens,
+        reasoning_tokens=s.reasoning_tokens,
+        total_cost_usd=(s.prompt_cost_p + s.completion_cost_p) / PICO,
+        prompt_cost_usd=s.prompt_cost_p / PICO,
+        completion_cost_usd=s.completion_cost_p / PICO,
+        error_rate=round(failed / total, 6) if total else 0,
+        errors_by_type=dict(sorted(s.errors.items())) if s.errors else {},
+        duration_ms_percentiles=_percentiles(s.durations),
+        time_to_first_token_ms_percentiles=_percentiles(s.ttfts),
+        output_tokens_per_second=round(s.gen_tokens / (s.gen_us / 1e6), 2) if s.gen_us else None,
     )
 
 
-def session_metrics(session_id: str, s: SessionState) -> SessionMetrics:
+def metrics(s: Stats) -> Metrics:
+    return Metrics(**_fields(s))
+
+
+def _by_model(by_model: ByModel) -> dict[str, Metrics]:
+    return {model: metrics(stats) for model, stats in sorted(by_model.items())}
+
+
+def _unpriced(by_model: ByModel) -> list[str]:
+    return sorted(model for model, stats in by_model.items() if stats.unpriced)
+
+
+def session_metrics(session_id: str, s: SessionState, cutoff_us: int,
+                    model: str | None = None) -> SessionMetrics:
+    """A session's metrics, or only its requests to `model`."""
+    by_model = s.by_model if model is None else _only(s.by_model, model)
+    pending = s.pending.values() if s.pending else ()
+    if model is not None:
+        pending = [p for p in pending if p.model == model]
+    in_flight, stale = pending_counts(pending, cutoff_us)
     return SessionMetrics(
+        **_fields(combine(by_model.values())),
         session_id=session_id,
-        **_totals(s),
         first_seen=us_to_timestamp(s.first_seen_us),
         last_seen=us_to_timestamp(s.last_seen_us),
         models=sorted(s.models),
+        users=sorted(s.users),
+        in_flight_requests=in_flight,
+        stale_requests=stale,
+        unpriced_models=_unpriced(by_model),
+        by_model=_by_model(by_model),
     )
 
 
-def global_metrics(state: MetricsState) -> GlobalMetrics:
-    return GlobalMetrics(**_totals(state.total), total_sessions=state.total.sessions)
+def _only(by_model: ByModel, model: str) -> ByModel:
+    return {model: by_model[model]} if model in by_model else {}
 
 
-def sessions_page(state: MetricsState, cursor: int, limit: int) -> SessionsPage:
-    """Sessions in order of first appearance; `cursor` is an index into that order."""
-    ids = state.order[cursor:cursor + limit]
-    end = cursor + len(ids)
+def global_metrics(state: MetricsState, cutoff_us: int,
+                   where: EventFilter | None = None) -> GlobalMetrics:
+    """Totals over every session, or over the slice `where` picks (model, user or tag; see
+    `EventFilter.in_memory`); a filtered replay answers the other questions."""
+    where = where or EventFilter()
+    if where.user_id is not None:
+        by_model = state.users.get(where.user_id, {})
+    elif where.tag is not None:
+        by_model = state.tags.get(where.tag, {})
+    else:
+        by_model = state.models
+    if where.model is not None:
+        by_model = _only(by_model, where.model)
+    pending = (p for sid in state.with_pending for p in state.sessions[sid].pending.values())
+    if where.empty:
+        sessions = len(state.sessions)
+    else:
+        pending = filter(where, pending)
+        sessions = sum(1 for s in state.sessions.values() if _touches(s, where))
+    in_flight, stale = pending_counts(pending, cutoff_us)
+    return GlobalMetrics(
+        **_fields(combine(by_model.values())),
+        total_sessions=sessions,
+        in_flight_requests=in_flight,
+        stale_requests=stale,
+        unpriced_models=_unpriced(by_model),
+        by_model=_by_model(by_model),
+    )
+
+
+def _touches(s: SessionState, where: EventFilter) -> bool:
+    """Whether a session has an event of the slice (model, user and tag filters only)."""
+    return ((where.model is None or where.model in s.models)
+            and (where.user_id is None or where.user_id in s.users)
+            and (where.tag is None or where.tag in s.tags))
+
+
+def model_metrics(model: str, stats: Stats, priced: bool) -> ModelMetrics:
+    return ModelMetrics(**_fields(stats), model=model, priced=priced)
+
+
+def user_metrics(user_id: str, by_model: ByModel) -> UserMetrics:
+    return UserMetrics(
+        **_fields(combine(by_model.values())),
+        user_id=user_id,
+        unpriced_models=_unpriced(by_model),
+        by_model=_by_model(by_model),
+    )
+
+
+# ---- session listings --------------------------------------------------------------------------
+
+SORT_KEYS = {
+    "first_seen": None,  # the log's order of first appearance (stable under new sessions)
+    "last_seen": lambda s: s.last_seen_us,
+    "total_tokens": lambda s: s.total_tokens,
+    "total_cost_usd": lambda s: s.cost_p,
+    "failed_requests": lambda s: s.failed,
+}
+
+
+class SessionFilter(msgspec.Struct, kw_only=True):
+    model: str | None = None
+    user_id: str | None = None
+    has_failures: bool | None = None
+    since_us: int | None = None
+
+    def matches(self, s: SessionState) -> bool:
+        if self.model is not None and self.model not in s.models:
+            return False
+        if self.user_id is not None and self.user_id not in s.users:
+            return False
+        if self.has_failures is not None and (s.failed > 0) != self.has_failures:
+            return False
+        if self.since_us is not None and s.last_seen_us < self.since_us:
+            return False
+        return True
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.model, self.user_id, self.has_failures,
+                                           self.since_us))
+
+
+def sessions_page(state: MetricsState, cursor: int, limit: int, cutoff_us: int,
+                  sort: str = "first_seen", descending: bool = False,
+                  where: SessionFilter | None = None) -> SessionsPage:
+    """A page of sessions; `cursor` is an offset into the sorted, filtered listing."""
+    ids: Iterable[str] = state.order
+    if where is not None and where.active:
+        ids = [sid for sid in ids if where.matches(state.sessions[sid])]
+    key = SORT_KEYS[sort]
+    if key is not None:
+        sessions = state.sessions
+        ids = sorted(ids, key=lambda sid: key(sessions[sid]), reverse=descending)
+    elif descending:
+        ids = list(reversed(ids))
+    ids = ids if isinstance(ids, list) else list(ids)
+    page = ids[cursor:cursor + limit]
+    end = cursor + len(page)
     return SessionsPage(
-        sessions=[session_metrics(sid, state.sessions[sid]) for sid in ids],
-        total_sessions=len(state.order),
-        next=str(end) if end < len(state.order) else None,
+        sessions=[session_metrics(sid, state.sessions[sid], cutoff_us) for sid in page],
+        total_sessions=len(state.sessions),
+        matching_sessions=len(ids),
+        next=str(end) if end < len(ids) else None,
     )

@@ -11,8 +11,11 @@ import time
 
 from aiohttp import web
 
+from events.store import StoreError
+from projections.prices import PriceError
 from projections.replay import UndecodableLog, write_snapshot
 from service.app import create_app, load_read_models, open_store
+from service.auth import is_default_secret
 from service.config import DEFAULT_SECRET, Config, ConfigError, add_arguments, from_args
 from service.progress import Progress
 
@@ -29,7 +32,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(config: Config) -> int:
-    if config.secret == DEFAULT_SECRET:
+    if is_default_secret(config.secret):
         if not _is_loopback(config.host):
             log.error(
                 "refusing to listen on %s with the default secret: set LLM_METRICS_SECRET "
@@ -38,14 +41,24 @@ def serve(config: Config) -> int:
             return 2
         log.warning("LLM_METRICS_SECRET is the default %r: fine on a laptop, set your own "
                     "before anyone else can reach this port", DEFAULT_SECRET)
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        access_log=log if config.access_log else None,
-        print=lambda *_: log.info("serving on http://%s:%d", config.host, config.port),
-        shutdown_timeout=5.0,
-    )
+    try:
+        web.run_app(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            access_log=log if config.access_log else None,
+            print=lambda *_: log.info("serving on http://%s:%d", config.host, config.port),
+            shutdown_timeout=5.0,
+            # Slow clients: aiohttp closes a connection that has not sent a complete request
+            # (headers included) within keepalive_timeout of connecting or of its last answer.
+            keepalive_timeout=config.header_timeout,
+            max_line_size=config.max_header_size,
+            max_field_size=config.max_header_size,
+            max_headers=config.max_headers,
+        )
+    except (UndecodableLog, StoreError, PriceError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     return 0
 
 

@@ -5,19 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 from aiohttp import web
 
+from events.postgres_store import PostgresStore
 from events.sqlite_store import SQLiteStore
 from events.store import EventStore
+from projections.prices import PriceError, PriceTable, default_prices
 from projections.replay import ReadModels, ReplayReport, SnapshotRefused, load_snapshot, replay, write_snapshot
 from service import keys
-from service.auth import auth_middleware
+from service.auth import KeyRing, auth_middleware
 from service.config import Config
 from service.errors import error_middleware
+from service.limits import body_timeout_middleware, rate_limit_middleware
 from service.otlp import new_span_counts
+from service.reads import stream_render
 from service.routes import setup_routes
 from service.stream import MetricsStream
+from service.tailer import Tailer
 from service.writer import Writer
 
 log = logging.getLogger("service")
@@ -27,17 +33,34 @@ SNAPSHOT_CHECK_S = 5.0
 
 async def open_store(config: Config) -> EventStore:
     """Open and migrate the store the configuration names."""
-    store = await SQLiteStore.open(config.db)
+    if config.uses_postgres:
+        store = await PostgresStore.open(config.db)
+    else:
+        store = await SQLiteStore.open(config.db)
     applied = await store.migrate()
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
+    if config.db_max_size and isinstance(store, SQLiteStore):
+        cap = await store.limit_size(config.db_max_size)
+        log.info("event log capped at %d bytes (LLM_METRICS_DB_MAX_SIZE)", cap)
     return store
+
+
+def load_prices(config: Config) -> PriceTable:
+    """The price table the configuration names (`LLM_METRICS_PRICES`), or the shipped one."""
+    if not config.prices:
+        return default_prices()
+    try:
+        data = Path(config.prices).read_bytes()
+    except OSError as exc:
+        raise PriceError(f"LLM_METRICS_PRICES={config.prices!r} cannot be read: {exc}") from None
+    return PriceTable.from_json(data)
 
 
 async def load_read_models(store: EventStore, config: Config, *, use_snapshot: bool = True,
                            **replay_options) -> tuple[ReadModels, ReplayReport]:
     """Read models as of the end of the log: from the snapshot when valid, then the tail."""
-    models = ReadModels()
+    models = ReadModels(load_prices(config))
     if use_snapshot:
         try:
             position = await load_snapshot(config.snapshot_path, models, store)
@@ -56,9 +79,13 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
     """The aiohttp application. Pass `store` to use one you opened (it is then not closed)."""
     app = web.Application(
         client_max_size=config.max_body,
-        middlewares=[error_middleware, auth_middleware(config.secret)],
+        middlewares=[error_middleware, auth_middleware(KeyRing.from_config(config)),
+                     *([rate_limit_middleware(config.rate_limit, config.rate_burst)]
+                       if config.rate_limit > 0 else []),
+                     body_timeout_middleware(config.body_timeout)],
     )
     app[keys.CONFIG] = config
+    app[keys.QUERY_LOCK] = asyncio.Lock()
     app[keys.OTLP_SPANS] = new_span_counts()
     setup_routes(app)
 
@@ -74,10 +101,16 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
         await _snapshot(app, "shutdown")
 
     async def writer_ctx(app: web.Application):
-        stream = MetricsStream(app[keys.STORE], app[keys.MODELS])
+        stream = MetricsStream(app[keys.STORE], app[keys.MODELS], stream_render(app))
         app[keys.STREAM] = stream
+        tailer = None
+        if isinstance(app[keys.STORE], PostgresStore):
+            # Other replicas append to the same log: follow it (SQLite has one writer, no tailer).
+            tailer = Tailer(app[keys.STORE], app[keys.MODELS], config.tail_poll,
+                            on_apply=stream.notify)
+            await tailer.start()
         writer = Writer(app[keys.STORE], app[keys.MODELS], config.max_pending,
-                        on_commit=stream.notify)
+                        on_commit=stream.notify, tailer=tailer)
         app[keys.WRITER] = writer
         writer.start()
         stream.start()
@@ -87,6 +120,8 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
         with contextlib.suppress(asyncio.CancelledError):
             await snapshots
         await writer.close()
+        if tailer is not None:
+            await tailer.close()
         await stream.close()
 
     async def end_streams(app: web.Application) -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
 from typing import Callable, NamedTuple
 
 DEFAULT_SECRET = "secret"
+# A key given as `sha256:<64 hex digits>` is the SHA-256 of the real key: the config holds no secret.
+HASHED_KEY_PREFIX = "sha256:"
 
 
 @dataclass(frozen=True)
@@ -19,16 +22,42 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8001
     db: str = "data/events.db"
-    secret: str = DEFAULT_SECRET
+    tail_poll: float = 0.5
+    secret: str = field(default=DEFAULT_SECRET, repr=False)
     snapshot: str = ""
     snapshot_every: int = 100_000
     max_body: int = 10 * 1024**2
     max_pending: int = 200_000
     access_log: bool = False
+    prom_public: bool = False
+    prom_session_labels: bool = False
+    ingest_keys: tuple[str, ...] = field(default=(), repr=False)
+    read_keys: tuple[str, ...] = field(default=(), repr=False)
+    max_events: int = 100_000
+    max_header_size: int = 8190
+    max_headers: int = 100
+    header_timeout: float = 30.0
+    body_timeout: float = 30.0
+    rate_limit: float = 0.0
+    rate_burst: int = 0
+    db_max_size: int = 0
+    prices: str = ""
+    stale_after: float = 600.0
+    query_max_events: int = 5_000_000
 
     @property
     def snapshot_path(self) -> str:
-        return self.snapshot or f"{self.db}.snapshot"
+        if self.snapshot:
+            return self.snapshot
+        if self.uses_postgres:
+            # Each replica keeps its own snapshot; the port tells replicas on one host apart.
+            return f"data/replica-{self.port}.snapshot"
+        return f"{self.db}.snapshot"
+
+    @property
+    def uses_postgres(self) -> bool:
+        """Whether `db` is a PostgreSQL URL (a log shared by replicas) rather than a file."""
+        return self.db.startswith(("postgresql://", "postgres://"))
 
 
 class Setting(NamedTuple):
@@ -36,6 +65,8 @@ class Setting(NamedTuple):
     env: str
     parse: Callable[[str], object]
     help: str
+    # Secret settings never have their value echoed in an error message.
+    secret: bool = False
 
     @property
     def default(self) -> object:
@@ -60,12 +91,44 @@ def _flag(text: str) -> bool:
     raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {text!r}")
 
 
+_HASHED_KEY = re.compile(re.escape(HASHED_KEY_PREFIX) + r"[0-9a-fA-F]{64}")
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    """Comma-separated keys, each plain or `sha256:<64 hex digits>`; errors never quote a key."""
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    for number, key in enumerate(keys, 1):
+        if key.lower().startswith(HASHED_KEY_PREFIX) and not _HASHED_KEY.fullmatch(key):
+            raise ValueError(f"key {number} starts with {HASHED_KEY_PREFIX!r} but is not followed "
+                             "by exactly 64 hex digits")
+    return keys
+
+
+def _secret(text: str) -> str:
+    """The admin secret: one key, plain or `sha256:<64 hex digits>`."""
+    keys = _keys(text)
+    if len(keys) != 1 or keys[0] != text.strip():
+        raise ValueError("expected exactly one key (no commas, not empty)")
+    return keys[0]
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("expected a number of seconds > 0")
+    return value
+
+
 SETTINGS = [
     Setting("host", "LLM_METRICS_HOST", str, "address to listen on"),
     Setting("port", "LLM_METRICS_PORT", int, "port to listen on"),
-    Setting("db", "LLM_METRICS_DB", str, "SQLite file of the event log (its folder is created if missing)"),
-    Setting("secret", "LLM_METRICS_SECRET", str,
-            "value of the `x-internal-auth` header every route but /health requires"),
+    Setting("db", "LLM_METRICS_DB", str, "SQLite file of the event log (its folder is created if missing), or a `postgresql://` URL of a log shared by several replicas"),
+    Setting("tail_poll", "LLM_METRICS_TAIL_POLL", _seconds,
+            "PostgreSQL only: seconds between reads of the shared log when no NOTIFY arrived "
+            "(the fallback if a wake-up is lost)"),
+    Setting("secret", "LLM_METRICS_SECRET", _secret,
+            "admin key: the `x-internal-auth` value allowed on every route (plain, or "
+            "`sha256:<hex>` of the key)", secret=True),
     Setting("snapshot", "LLM_METRICS_SNAPSHOT", str, "snapshot file of the read models (default: the DB path + `.snapshot`)"),
     Setting("snapshot_every", "LLM_METRICS_SNAPSHOT_EVERY", int,
             "write a snapshot after this many new events (0: only at shutdown)"),
@@ -75,6 +138,40 @@ SETTINGS = [
             "events waiting for the writer before ingest answers 503 (backpressure)"),
     Setting("access_log", "LLM_METRICS_ACCESS_LOG", _flag,
             "log every HTTP request (off by default: it costs about 10% of throughput)"),
+    Setting("prom_public", "LLM_METRICS_PROM_PUBLIC", _flag,
+            "serve GET /metrics (Prometheus) without the x-internal-auth header"),
+    Setting("prom_session_labels", "LLM_METRICS_PROM_SESSION_LABELS", _flag,
+            "add per-session series (llm_session_*) to GET /metrics: one series per session"),
+    Setting("ingest_keys", "LLM_METRICS_INGEST_KEYS", _keys,
+            "comma-separated keys that may only post events (each plain or `sha256:<hex>`)",
+            secret=True),
+    Setting("read_keys", "LLM_METRICS_READ_KEYS", _keys,
+            "comma-separated keys that may only read (GET) (each plain or `sha256:<hex>`)",
+            secret=True),
+    Setting("max_events", "LLM_METRICS_MAX_EVENTS", int,
+            "most events in one request (413 above it)"),
+    Setting("max_header_size", "LLM_METRICS_MAX_HEADER_SIZE", _size,
+            "longest request line or header field, in bytes (431/400 above it)"),
+    Setting("max_headers", "LLM_METRICS_MAX_HEADERS", int, "most header fields in one request"),
+    Setting("header_timeout", "LLM_METRICS_HEADER_TIMEOUT", _seconds,
+            "seconds a connection may take to send a request's headers, and may stay idle "
+            "between requests, before it is closed (slow-client protection)"),
+    Setting("body_timeout", "LLM_METRICS_BODY_TIMEOUT", _seconds,
+            "seconds a client may take to send a request body (408 after it)"),
+    Setting("rate_limit", "LLM_METRICS_RATE_LIMIT", float,
+            "requests per second allowed per key, 429 above it (0: no limit)"),
+    Setting("rate_burst", "LLM_METRICS_RATE_BURST", int,
+            "requests a key may send at once above the rate (0: one second's worth)"),
+    Setting("db_max_size", "LLM_METRICS_DB_MAX_SIZE", _size,
+            "cap on the SQLite file's size (0: none); ingest answers 503 when it is reached, "
+            "as on a full disk"),
+    Setting("prices", "LLM_METRICS_PRICES", str,
+            "price table (JSON, USD per million tokens); default: the one shipped in "
+            "projections/prices.json. Changing it reprices history at the next start"),
+    Setting("stale_after", "LLM_METRICS_STALE_AFTER", _seconds,
+            "seconds of event time after which a started, unfinished request counts as stale"),
+    Setting("query_max_events", "LLM_METRICS_QUERY_MAX_EVENTS", int,
+            "most log events one `from`/`to`/`as_of` query may replay (400 above it)"),
 ]
 
 
@@ -95,7 +192,8 @@ def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Conf
             try:
                 values[s.field] = s.parse(environ[s.env])
             except ValueError as exc:
-                raise ConfigError(f"{s.env}={environ[s.env]!r} is invalid: {exc}") from None
+                shown = "(value not shown)" if s.secret else repr(environ[s.env])
+                raise ConfigError(f"{s.env}={shown} is invalid: {exc}") from None
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Config(**values)
 
@@ -105,9 +203,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for s in SETTINGS:
         flag = "--" + s.field.replace("_", "-")
         parser.add_argument(
-            flag, dest=s.field, type=s.parse, default=None,
+            flag, dest=s.field, type=_quiet(s.parse) if s.secret else s.parse, default=None,
             help=f"{s.help} [env {s.env}, default {s.default!r}]",
         )
+
+
+def _quiet(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """`parse`, but argparse's error says why without echoing the secret value."""
+    def parse_quietly(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"(value not shown) is invalid: {exc}") from None
+    return parse_quietly
 
 
 def from_args(args: argparse.Namespace) -> Config:

@@ -6,13 +6,13 @@ so an export can be posted again as is and is then counted as duplicates: import
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import NamedTuple
 
 import msgspec
 
 from events import codec
 from events.store import EventStore
+from service import params
 from service.problems import ApiError
 
 _encode = msgspec.json.Encoder().encode
@@ -46,15 +46,4 @@ async def read_page(store: EventStore, after: int, limit: int,
     return Page(body, len(lines), rows[-1][0] if rows else after)
 
 
-def parse_time(name: str, raw: str | None) -> int | None:
-    """An RFC 3339 query parameter (`2026-11-27T10:00:00Z`) as microseconds since the epoch."""
-    if raw is None or raw == "":
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace(" ", "+"))
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise ApiError(400, f"query parameter {name!r} must be an RFC 3339 time with an offset, "
-                            f"e.g. 2026-11-27T10:00:00Z, got {raw!r}")
-    return codec.timestamp_to_us(value)
+parse_time = params.time_param

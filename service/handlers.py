@@ -12,6 +12,7 @@ from events.store import Rejected
 from projections import views
 from service import export, ingest, keys
 from service.errors import json_error
+from service.params import int_param
 from service.problems import ApiError
 from service.stream import HEARTBEAT, HEARTBEAT_S
 
@@ -31,32 +32,13 @@ class Ingested(msgspec.Struct):
 async def post_events(request: web.Request) -> web.Response:
     """Ingest one event, a JSON array of events, or NDJSON; answer after the commit."""
     body = await request.read()
-    batch = ingest.parse_body(body, request.headers.get("content-type", ""))
+    batch = ingest.parse_body(body, request.headers.get("content-type", ""),
+                              max_events=request.app[keys.CONFIG].max_events)
     result = await request.app[keys.WRITER].submit(batch)
     if isinstance(result, Rejected):
         return json_error(409, f"conflict with events already stored: {result.details[0].message}",
                           result.details)
     return json_response(Ingested(result.appended, result.duplicates, result.last_position), 201)
-
-
-async def get_session(request: web.Request) -> web.Response:
-    session_id = request.match_info["session_id"]
-    state = request.app[keys.MODELS].metrics.state
-    session = state.sessions.get(session_id)
-    if session is None:
-        return json_error(404, f"no events for session {session_id!r}")
-    return json_response(views.session_metrics(session_id, session))
-
-
-async def get_sessions(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", 100, 1, 1000)
-    cursor = _int_param(request, "cursor", 0, 0, None)
-    state = request.app[keys.MODELS].metrics.state
-    return json_response(views.sessions_page(state, cursor, limit))
-
-
-async def get_global(request: web.Request) -> web.Response:
-    return json_response(views.global_metrics(request.app[keys.MODELS].metrics.state))
 
 
 class Health(msgspec.Struct):
@@ -75,9 +57,9 @@ async def get_log(request: web.Request) -> web.Response:
     `x-last-position` is the position to pass as the next `after`; `x-log-position` is the end of
     the log. With `wait=N` (seconds) and nothing new yet, the answer waits for new events.
     """
-    after = _int_param(request, "after", 0, 0, None)
-    limit = _int_param(request, "limit", 1000, 1, 10_000)
-    wait = _int_param(request, "wait", 0, 0, 60)
+    after = int_param(request, "after", 0, 0, None)
+    limit = int_param(request, "limit", 1000, 1, 10_000)
+    wait = int_param(request, "wait", 0, 0, 60)
     start_us = export.parse_time("from", request.query.get("from"))
     end_us = export.parse_time("to", request.query.get("to"))
     if wait:
@@ -119,18 +101,3 @@ DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 async def dashboard(request: web.Request) -> web.FileResponse:
     """The dashboard page: public, holds no secret (it asks for it and keeps it in the tab)."""
     return web.FileResponse(DASHBOARD, headers={"Cache-Control": "no-cache"})
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ApiError(400, f"query parameter {name!r} must be an integer {bounds}, "
-                                      f"got {raw!r}")
-    return value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from events.store import EventStore
@@ -17,3 +19,5 @@ WRITER = web.AppKey("writer", Writer)
 # OTLP span outcomes since the process started: service.otlp.SPAN_OUTCOMES -> count.
 OTLP_SPANS = web.AppKey("otlp_spans", dict[str, int])
 STREAM = web.AppKey("stream", MetricsStream)
+# One log-folding question (as-of, time window) at a time: they are CPU-bound replays.
+QUERY_LOCK = web.AppKey("query_lock", asyncio.Lock)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service import handlers
+from service import handlers, reads
 from service import otlp
 
 
@@ -12,10 +12,14 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/health", handlers.health)
     app.router.add_post("/events", handlers.post_events)
     app.router.add_get("/events", handlers.get_log)
-    app.router.add_get("/events/metrics", handlers.get_global)
-    app.router.add_get("/events/metrics/sessions", handlers.get_sessions)
+    app.router.add_get("/events/metrics", reads.get_global)
+    app.router.add_get("/events/metrics/sessions", reads.get_sessions)
+    app.router.add_get("/events/metrics/models", reads.get_models)
+    app.router.add_get("/events/metrics/models/{model:.+}", reads.get_model)
+    app.router.add_get("/events/metrics/users/{user_id:.+}", reads.get_user)
+    app.router.add_get("/events/metrics/timeseries", reads.get_timeseries)
     app.router.add_get("/events/metrics/stream", handlers.get_stream)
     app.router.add_get("/dashboard", handlers.dashboard)
     # `.+` so that session ids containing an encoded `/` still reach the handler.
-    app.router.add_get("/events/metrics/session/{session_id:.+}", handlers.get_session)
+    app.router.add_get("/events/metrics/session/{session_id:.+}", reads.get_session)
     app.router.add_post("/v1/traces", otlp.post_traces)
