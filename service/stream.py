@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Callable
 
 import msgspec
 from events.codec import UndecodableEvent, decode
 from events.store import EventStore
-from projections import views
 from projections.replay import ReadModels
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,16 @@ def sse(data: bytes, event: str = "metrics") -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
+# What the stream shows, computed by the same code as the REST endpoints: given the touched
+# session ids, (the `GET /events/metrics` body, the `GET /events/metrics/session/{id}` bodies).
+Render = Callable[[list[str]], tuple[object, list[object]]]
+
+
 class MetricsStream:
-    def __init__(self, store: EventStore, models: ReadModels):
+    def __init__(self, store: EventStore, models: ReadModels, render: Render):
         self._store = store
         self._models = models
+        self._render = render
         self._moved = asyncio.Event()
         self._subscribers: set[asyncio.Queue] = set()
         self._published = models.position
@@ -120,11 +126,10 @@ class MetricsStream:
         return len(self._subscribers)
 
     def _resync(self) -> bytes:
-        state = self._models.metrics.state
-        return sse(_encode(Update(
-            from_position=None, position=self._models.position, sessions_complete=False,
-            global_metrics=views.global_metrics(state), sessions=[],
-        )))
+        global_metrics, _ = self._render([])
+        return sse(_encode(Update(from_position=None, position=self._models.position,
+                                  sessions_complete=False, global_metrics=global_metrics,
+                                  sessions=[])))
 
     async def _publish_loop(self) -> None:
         while not self._closed:
@@ -150,25 +155,20 @@ class MetricsStream:
 
     async def _next_update(self) -> bytes:
         start, end = self._published, self._models.position
-        sessions: list = []
         complete = end - start <= MAX_ROWS_PER_UPDATE
+        touched: dict[str, None] = {}
         if complete:
-            touched: dict[str, None] = {}
             for _position, _event_id, payload, _recorded_at in await self._store.read(start, end - start):
                 try:
                     touched[decode(payload).session_id] = None
                 except UndecodableEvent:
                     continue
-            # Metrics are read after the await, so they may already include events past `end`;
-            # the next update lists the sessions those touched.
-            state = self._models.metrics.state
-            sessions = [views.session_metrics(sid, state.sessions[sid])
-                        for sid in touched if sid in state.sessions]
+        # Rendered after the await, so the metrics may already include events past `end`;
+        # the next update lists the sessions those touched.
+        global_metrics, sessions = self._render(list(touched))
         self._published = end
-        return sse(_encode(Update(
-            from_position=start, position=end, sessions_complete=complete,
-            global_metrics=views.global_metrics(self._models.metrics.state), sessions=sessions,
-        )))
+        return sse(_encode(Update(from_position=start, position=end, sessions_complete=complete,
+                                  global_metrics=global_metrics, sessions=sessions)))
 
 
 def _replace_all(mailbox: asyncio.Queue, item) -> None:

@@ -1,0 +1,161 @@
+"""What both client flavours share: the event buffer, the retry policy, and what a reply means.
+
+No I/O here: `sync.MetricsClient` sends with urllib from a thread, `aio.AsyncMetricsClient`
+with aiohttp from a task, and both ask this module what to do with the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+log = logging.getLogger("llm_metrics.client")
+
+HEADER = "x-internal-auth"
+# Seconds between two "events dropped" warnings while the service stays unreachable.
+DROP_WARNING_EVERY_S = 10.0
+
+
+def now() -> str:
+    """The current time as the RFC 3339 string the service expects."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode(batch: list[dict]) -> bytes:
+    return json.dumps(batch, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass
+class Stats:
+    """Counters of a client's life; `dropped` is what the memory bound cost."""
+
+    queued: int = 0
+    sent: int = 0          # accepted by the service (new or already stored)
+    dropped: int = 0       # oldest events dropped because the buffer was full
+    rejected: int = 0      # refused by the service as invalid or conflicting (not retried)
+    retries: int = 0       # failed attempts that were retried
+    batches: int = 0       # successful POSTs
+
+
+@dataclass
+class Buffer:
+    """Events waiting to be sent, oldest first, at most `limit` of them (the oldest go first)."""
+
+    limit: int
+    stats: Stats
+    events: deque = field(default_factory=deque)
+    _last_warning: float = float("-inf")
+    _dropped_since_warning: int = 0
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def add(self, event: dict) -> None:
+        self.events.append(event)
+        self.stats.queued += 1
+        self._trim()
+
+    def take(self, n: int) -> list[dict]:
+        return [self.events.popleft() for _ in range(min(n, len(self.events)))]
+
+    def put_back(self, batch: list[dict]) -> None:
+        """Return an unsent batch to the front (it is older than anything queued since)."""
+        self.events.extendleft(reversed(batch))
+        self._trim()
+
+    def _trim(self) -> None:
+        over = len(self.events) - self.limit
+        if over <= 0:
+            return
+        for _ in range(over):
+            self.events.popleft()
+        self.stats.dropped += over
+        self._dropped_since_warning += over
+        clock = time.monotonic()
+        if clock - self._last_warning >= DROP_WARNING_EVERY_S:
+            log.warning("llm-metrics client: buffer full (%d events), dropped the %d oldest "
+                        "(%d in total); is the service reachable?", self.limit,
+                        self._dropped_since_warning, self.stats.dropped)
+            self._last_warning = clock
+            self._dropped_since_warning = 0
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: `base * 2**attempt`, capped, times a random 0.5..1."""
+
+    base: float = 0.2
+    cap: float = 10.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.cap)
+        return min(self.cap, self.base * 2 ** min(attempt, 30)) * random.uniform(0.5, 1.0)
+
+
+class Sent(NamedTuple):
+    appended: int
+    duplicates: int
+
+
+class Retry(NamedTuple):
+    """Keep the batch and try again after the backoff (5xx, 429, 401, network errors)."""
+
+    reason: str
+    retry_after: float | None = None
+
+
+class Drop(NamedTuple):
+    """The service refused these events of the batch for good; `keep` goes back to the queue."""
+
+    reason: str
+    dropped: list[dict]
+    keep: list[dict]
+
+
+def outcome(batch: list[dict], status: int, body: bytes, headers) -> Sent | Retry | Drop:
+    """What to do with `batch` after the service answered `status` and `body`."""
+    reply = _json(body)
+    if 200 <= status < 300:
+        return Sent(reply.get("appended", 0), reply.get("duplicates", 0))
+    reason = f"HTTP {status}: {reply.get('error') or body[:200].decode(errors='replace')}"
+    if status == 429 or status >= 500 or status in (401, 403, 408):
+        # 401 too: a wrong secret is fixed by an operator, and the bounded buffer caps the cost.
+        return Retry(reason, _retry_after(headers))
+    if status == 413 and len(batch) > 1:
+        return Drop(reason, [], batch)  # keep all: the caller halves its batch size
+    # 400/409/...: the service says which events are at fault (`details[].index`); requests are
+    # all-or-nothing, so the others were not stored and go back to the queue.
+    bad = {d.get("index") for d in reply.get("details", []) if isinstance(d, dict)}
+    bad &= set(range(len(batch)))
+    if not bad:
+        return Drop(reason, batch, [])
+    return Drop(reason, [e for i, e in enumerate(batch) if i in bad],
+                [e for i, e in enumerate(batch) if i not in bad])
+
+
+def _json(body: bytes) -> dict:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _retry_after(headers) -> float | None:
+    raw = headers.get("Retry-After") if headers is not None else None
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None

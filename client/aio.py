@@ -1,0 +1,179 @@
+"""`AsyncMetricsClient`: the asyncio flavour (FastAPI, aiohttp, any `async def` code).
+
+Same behaviour as `MetricsClient`, but the flusher is a task on the caller's event loop and
+sends with aiohttp (which the service itself already depends on). `emit` and `track` only
+queue and must be called from that loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiohttp
+
+from client._core import (HEADER, Backoff, Buffer, Drop, Retry, Sent, Stats, encode, log,
+                          outcome)
+from client.tracking import Request
+
+
+class AsyncMetricsClient:
+    """Batched, retrying, memory-bounded event sender for asyncio code.
+
+    Use it as `async with AsyncMetricsClient(url, secret) as metrics:` or call `await close()`.
+    The flusher starts with the first event (or `start()`), on the running loop.
+    """
+
+    def __init__(self, base_url: str, secret: str, *, batch_size: int = 100,
+                 flush_interval: float = 1.0, max_queue: int = 10_000, timeout: float = 10.0,
+                 backoff: Backoff = Backoff()):
+        self.url = base_url.rstrip("/") + "/events"
+        self._secret = secret
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.timeout = timeout
+        self.backoff = backoff
+        self.stats = Stats()
+        self._buffer = Buffer(max_queue, self.stats)
+        self._wakeup: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._in_flight = 0
+        self._flush_requested = False
+        self._closed = False
+
+    # -- the caller's side ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the flusher on the running loop (done by the first `emit` anyway)."""
+        if self._task is None:
+            self._wakeup, self._idle = asyncio.Event(), asyncio.Event()
+            self._idle.set()
+            self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                                name="llm-metrics-flusher")
+
+    def emit(self, event: dict) -> None:
+        """Queue one wire event; never waits for the network."""
+        if self._closed:
+            raise RuntimeError("AsyncMetricsClient is closed")
+        self.start()
+        self._buffer.add(event)
+        self._idle.clear()
+        if len(self._buffer) >= self.batch_size or len(self._buffer) == 1:
+            self._wakeup.set()  # the first event starts the interval clock, a full batch goes
+
+    def track(self, session_id: str, model: str, **options) -> Request:
+        """`async with client.track(session_id, model) as req:` (plain `with` works too)."""
+        return Request(self.emit, session_id, model, **options)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Send everything queued now; True once delivered (or refused), False on timeout."""
+        if self._task is None:
+            return True
+        self._flush_requested = True
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._flush_requested = False
+
+    async def close(self, timeout: float = 10.0) -> bool:
+        """Flush (for up to `timeout` seconds), stop the flusher, close the HTTP session."""
+        if self._closed:
+            return True
+        delivered = await self.flush(timeout)
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+        lost = len(self._buffer) + self._in_flight
+        if lost:
+            log.warning("llm-metrics client closed with %d events not delivered", lost)
+        return delivered
+
+    async def __aenter__(self) -> "AsyncMetricsClient":
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- the flusher task ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch_size = self.batch_size
+        oldest_at = None
+        while True:
+            if not len(self._buffer):
+                oldest_at = None
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if oldest_at is None:
+                oldest_at = loop.time()
+            wait = self.flush_interval - (loop.time() - oldest_at)
+            if not self._flush_requested and len(self._buffer) < self.batch_size and wait > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                continue
+            batch = self._buffer.take(batch_size)
+            self._in_flight = len(batch)
+            oldest_at = loop.time() if len(self._buffer) else None
+            try:
+                batch_size = await self._deliver(batch, batch_size)
+            finally:
+                self._in_flight = 0
+
+    async def _deliver(self, batch: list[dict], batch_size: int) -> int:
+        """Send until the batch is delivered or refused; returns the batch size to use next."""
+        attempt = 0
+        try:
+            while batch:
+                result = await self._post(batch)
+                if isinstance(result, Sent):
+                    self.stats.sent += len(batch)
+                    self.stats.batches += 1
+                    return self.batch_size if batch_size < self.batch_size else batch_size
+                if isinstance(result, Drop):
+                    if result.dropped:
+                        self.stats.rejected += len(result.dropped)
+                        log.error("llm-metrics: the service refused %d events (%s); they are "
+                                  "not retried", len(result.dropped), result.reason)
+                        batch = result.keep
+                        continue
+                    # 413: too big in one request; send the first half now, the rest goes back.
+                    half = max(1, len(batch) // 2)
+                    self._buffer.put_back(batch[half:])
+                    batch, batch_size = batch[:half], half
+                    continue
+                self.stats.retries += 1
+                delay = self.backoff.delay(attempt, result.retry_after)
+                attempt += 1
+                log.info("llm-metrics: %s; retrying in %.1f s", result.reason, delay)
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self._buffer.put_back(batch)  # closing: counted as not delivered
+            raise
+        return batch_size
+
+    async def _post(self, batch: list[dict]) -> Sent | Retry | Drop:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={HEADER: self._secret})
+        try:
+            async with self._session.post(self.url, data=encode(batch),
+                                          headers={"content-type": "application/json"}) as reply:
+                return outcome(batch, reply.status, await reply.read(), reply.headers)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return Retry(f"cannot reach {self.url}: {exc!r}")
