@@ -1,0 +1,183 @@
+"""What every benchmark script shares: sizes, the figure record, processes, the load generator."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+
+from bench.dataset import WORK
+from tests.server import ROOT, ServerProcess, free_port
+
+__all__ = ["ROOT", "ServerProcess", "free_port"]
+
+
+class Sizes(msgspec.Struct, frozen=True):
+    """How big each workload is: `FULL` for `make bench`, `SMOKE` for the test suite."""
+
+    events: int
+    sessions: int
+    startup_tail: int
+    startup_runs: int
+    batch_events: int
+    batch_size: int
+    batch_clients: int
+    connections: int
+    seconds: float
+    warmup: float
+
+
+FULL = Sizes(events=1_000_000, sessions=100_000, startup_tail=10_000, startup_runs=5,
+             batch_events=200_000, batch_size=1_000, batch_clients=4, connections=64,
+             seconds=5.0, warmup=1.0)
+SMOKE = Sizes(events=4_000, sessions=400, startup_tail=200, startup_runs=1, batch_events=2_000,
+              batch_size=100, batch_clients=4, connections=8, seconds=0.3, warmup=0.1)
+
+
+class Figure(msgspec.Struct, kw_only=True):
+    """One measured figure next to its ceiling from the same run.
+
+    `ratio` is always "how close to the ceiling": value / ceiling when more is better,
+    ceiling / value when less is better; 1.0 means as good as the bare tool.
+    """
+
+    name: str
+    workload: str
+    value: float
+    unit: str
+    ceiling: float
+    ceiling_what: str
+    ratio: float
+    target: str
+    met: bool
+    extra: dict[str, float | int | str] = {}
+
+
+def ratio(value: float, ceiling: float, higher_is_better: bool = True) -> float:
+    if higher_is_better:
+        return value / ceiling if ceiling else 0.0
+    return ceiling / value if value else 0.0
+
+
+def machine() -> dict[str, str | int]:
+    """Where the figures were measured (for the README's table)."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "nproc": os.cpu_count() or 0,
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "sqlite": __import__("sqlite3").sqlite_version,
+    }
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MB (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def python(*args: str, timeout: float = 300) -> bytes:
+    """Run `python ARGS` from the repository root in a child process; its stdout."""
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr.decode(errors='replace')}")
+    return done.stdout
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0,
+                 poll: float = 0.005) -> float:
+    """Poll `url/health` until 200; the `perf_counter()` at which it answered."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    return time.perf_counter()
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(poll)
+    raise RuntimeError(f"{url} did not become healthy in {timeout} s")
+
+
+@contextmanager
+def bare_server():
+    """`python -m bench.bare_server` on a free port; yields its port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_server", "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def service(db: str | Path, **env: str):
+    """The real service (`python -m service serve`) on `db`; yields the ServerProcess."""
+    server = ServerProcess(db, **env)
+    with server:
+        yield server
+
+
+def load(port: int, requests, connections: int, seconds: float = 0.0, warmup: float = 0.0,
+         cycle: bool = False):
+    """Run the load generator (`bench.loadgen`) in its own process against `port`; its report."""
+    from bench.loadgen import Report, save
+
+    with tempfile.NamedTemporaryFile(dir=scratch(), suffix=".requests") as f:
+        save(f.name, requests)
+        out = python("-m", "bench.loadgen", "--port", str(port), "--requests", f.name,
+                     "--connections", str(connections), "--seconds", str(seconds),
+                     "--warmup", str(warmup), *(["--cycle"] if cycle else []))
+    return msgspec.json.decode(out, type=Report)
+
+
+_scratch: Path | None = None
+
+
+def scratch() -> Path:
+    """This process's folder for throw-away files (under bench/.work, git-ignored), removed
+    at exit. One per process: several people may run the benchmarks at once."""
+    global _scratch
+    if _scratch is None:
+        WORK.mkdir(parents=True, exist_ok=True)
+        _scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=WORK))
+        atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
+    return _scratch
+
+
+def main_for(run) -> None:
+    """`python -m bench.SCRIPT [--smoke]`: run one figure script and print its figures."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds, not minutes)")
+    args = parser.parse_args()
+    for figure in run(SMOKE if args.smoke else FULL):
+        print(msgspec.json.format(msgspec.json.encode(figure)).decode())

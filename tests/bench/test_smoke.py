@@ -1,0 +1,67 @@
+"""A smoke run of every benchmark script at tiny sizes: `make bench` must not rot.
+
+The figures themselves are not asserted (they depend on the machine); what is asserted is that
+every script runs against the real service, measures its ceiling and reports a sane ratio.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import msgspec
+import pytest
+
+from bench.__main__ import SCRIPTS, Results, markdown
+from bench.common import Figure
+from tests.server import ROOT
+
+pytestmark = pytest.mark.slow
+
+FIGURES = {"full replay", "memory", "disk", "startup", "metrics reads", "batch ingest",
+           "single-event ingest"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[Results, str]:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = msgspec.json.decode((out / "results.json").read_bytes(), type=Results)
+    assert (out / "results.md").read_text() in done.stdout
+    return results, done.stdout
+
+
+def test_every_script_reports_its_figure_with_a_ceiling(smoke):
+    results, _ = smoke
+    assert results.failures == {}
+    assert {f.name for f in results.figures} == FIGURES
+    for figure in results.figures:
+        assert figure.value > 0 and figure.ceiling > 0, figure
+        assert 0 < figure.ratio < 50, figure
+
+
+def test_the_table_names_the_machine_and_every_figure(smoke):
+    results, stdout = smoke
+    assert f"on {results.machine['nproc']} CPUs" in stdout
+    for name in FIGURES:
+        assert f"| {name} |" in stdout
+
+
+def test_latency_figures_carry_their_p99(smoke):
+    results, _ = smoke
+    by_name = {f.name: f for f in results.figures}
+    for name in ("single-event ingest", "metrics reads"):
+        assert by_name[name].extra["p99_ms"] > 0
+        assert by_name[name].extra["bare_p99_ms"] > 0
+
+
+def test_a_failing_script_is_reported_not_hidden():
+    figure = Figure(name="x", workload="w", value=2, unit="u", ceiling=4, ceiling_what="c",
+                    ratio=0.5, target="t", met=False)
+    table = markdown(Results({"date": "d", "nproc": 2, "cpu": "c", "python": "3", "sqlite": "3"},
+                             "smoke", 1.0, [figure], {"disk": "Traceback...\nValueError: boom"}))
+    assert "| x | w | 2 u | 4 u (c) | 0.50 | t | **no** |" in table
+    assert "| disk | failed: ValueError: boom |" in table
+    assert set(SCRIPTS) >= {"replay", "disk"}
