@@ -142,18 +142,19 @@ class PostgresStore:
         """
         await conn.execute("SELECT pg_advisory_xact_lock($1)", self._append_key)
         # A new statement, so a new snapshot under READ COMMITTED: it sees every append that
-        # committed before this transaction got the lock.
-        last = await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
-        ids = list({e.event_id.encode() for batch in batches for e in batch})
-        stored = {
-            event_id.decode(): payload
-            for event_id, payload in await conn.fetch(
-                "SELECT event_id, payload FROM events WHERE event_id = ANY($1::bytea[])", ids)
-        }
-        slots = list({e.slot for batch in batches for e in batch})
-        taken = {row[0] for row in await conn.fetch(
-            "SELECT slot FROM request_slots WHERE slot = ANY($1::bytea[])", slots)}
-        plan = plan_append(batches, stored, taken, last)
+        # committed before this transaction got the lock. One round trip for everything the
+        # plan needs, because the lock is held (and other appends wait) until the commit.
+        last, ids, payloads, taken = await conn.fetchrow(
+            "SELECT (SELECT coalesce(max(position), 0) FROM events), e.ids, e.payloads,"
+            "       ARRAY(SELECT slot FROM request_slots WHERE slot = ANY($2::bytea[]))"
+            " FROM (SELECT array_agg(event_id) AS ids, array_agg(payload) AS payloads"
+            "       FROM events WHERE event_id = ANY($1::bytea[])) AS e",
+            list({e.event_id.encode() for batch in batches for e in batch}),
+            list({e.slot for batch in batches for e in batch}),
+        )
+        stored = {event_id.decode(): payload
+                  for event_id, payload in zip(ids or (), payloads or ())}
+        plan = plan_append(batches, stored, set(taken), last)
         if plan.rows:
             # One round trip while the lock is held: rows, slots and the wake-up together.
             await conn.execute(

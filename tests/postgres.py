@@ -1,11 +1,13 @@
 """PostgreSQL for tests: the server named by `LLM_METRICS_TEST_PG_DSN`, one schema per test.
 
-Tests that need PostgreSQL call `fresh_schema()`; when the server is unreachable they are
-skipped with the reason, so `make test` still passes on a machine without PostgreSQL.
+Tests that need PostgreSQL use `fresh_schema()` (async) or `schema_for_processes()` (sync, for
+server processes); when the server is unreachable they are skipped with the reason, so
+`make test` still passes on a machine without PostgreSQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
@@ -18,7 +20,7 @@ DSN = os.environ.get("LLM_METRICS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1
 
 
 def dsn_with_schema(schema: str, dsn: str = DSN) -> str:
-    """The URL a replica is given: `DSN` with `search_path` set to `schema`."""
+    """The URL a replica is given: `dsn` with `search_path` set to `schema`."""
     parts = urlsplit(dsn)
     query = "&".join(filter(None, [parts.query, urlencode({"search_path": schema})]))
     return urlunsplit(parts._replace(query=query))
@@ -33,16 +35,41 @@ async def connect() -> asyncpg.Connection:
                     f"{type(exc).__name__}: {exc}")
 
 
+async def _drop(schema: str) -> None:
+    admin = await connect()
+    try:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await admin.close()
+
+
+def _new_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
 @contextlib.asynccontextmanager
 async def fresh_schema(prefix: str = "t"):
     """Yield the name of a schema nobody uses yet; drop it (and the log in it) afterwards.
 
     The schema itself is created by the store under test (`PostgresStore.open`).
     """
-    admin = await connect()
-    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    await (await connect()).close()
+    schema = _new_name(prefix)
     try:
         yield schema
     finally:
-        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await admin.close()
+        await _drop(schema)
+
+
+@contextlib.contextmanager
+def schema_for_processes(prefix: str = "e2e"):
+    """`fresh_schema` for synchronous tests that start server processes: yields its URL."""
+    async def check() -> None:
+        await (await connect()).close()
+
+    asyncio.run(check())
+    schema = _new_name(prefix)
+    try:
+        yield dsn_with_schema(schema)
+    finally:
+        asyncio.run(_drop(schema))
