@@ -19,7 +19,9 @@ ModelName = Annotated[str, Meta(max_length=256)]
 Timestamp = Annotated[datetime, Meta(tz=True)]
 # SQLite and msgpack both stop at 2**63 - 1; tokens beyond that are a client bug, not usage.
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-Millis = Annotated[float, Meta(ge=0)]
+# Bounded so every accepted duration folds (ms -> integer us) without overflow: an event that
+# is stored but cannot be replayed would stop every later startup. 10^12 ms is 31 years.
+Millis = Annotated[float, Meta(ge=0, le=1e12)]
 ErrorType = Annotated[str, Meta(min_length=1, max_length=256)]
 ErrorMessage = Annotated[str, Meta(max_length=4096)]
 Label = Annotated[str, Meta(max_length=256)]

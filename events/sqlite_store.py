@@ -126,6 +126,15 @@ class SQLiteStore:
                 raise
             return plan.results
 
+    async def limit_size(self, max_bytes: int) -> int:
+        """Cap the file at about `max_bytes` (never below its current size); appends past it
+        fail as on a full disk. Returns the cap in bytes. Per connection: call it after `open`."""
+        async with self._conn.execute("PRAGMA page_size") as cur:
+            page_size = (await cur.fetchone())[0]
+        async with self._conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}") as cur:
+            pages = (await cur.fetchone())[0]
+        return pages * page_size
+
     async def read(self, after: int, limit: int) -> list[StoredRow]:
         try:
             async with self._conn.execute(

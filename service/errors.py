@@ -47,8 +47,9 @@ async def error_middleware(request: web.Request, handler):
     except StoreError as exc:
         log.error("store error on %s %s: %s", request.method, request.path, exc)
         return json_error(500, str(exc))
-    except web.HTTPRequestEntityTooLarge as exc:
-        return json_error(413, f"request body is larger than the limit of {exc.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, "request body is larger than the limit of "
+                               f"{request.client_max_size} bytes (LLM_METRICS_MAX_BODY)")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -21,6 +21,8 @@ from service.problems import ApiError
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+# msgspec raises RecursionError on JSON nested thousands deep; an event is two levels deep.
+TOO_DEEP = "JSON nested too deeply"
 # An event's time may run ahead of ours by clock skew, not by days.
 MAX_FUTURE_US = 24 * 3600 * 1_000_000
 
@@ -43,8 +45,9 @@ def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-def parse_body(body: bytes, content_type: str, now_us: int | None = None) -> list[NewEvent]:
-    """Decode and validate a body of one event, a JSON array, or NDJSON."""
+def parse_body(body: bytes, content_type: str, now_us: int | None = None,
+               max_events: int | None = None) -> list[NewEvent]:
+    """Decode and validate a body of one event, a JSON array, or NDJSON (at most `max_events`)."""
     kind = media_type(content_type)
     if kind not in JSON_TYPES and kind not in NDJSON_TYPES:
         raise ApiError(
@@ -60,6 +63,10 @@ def parse_body(body: bytes, content_type: str, now_us: int | None = None) -> lis
         events = _decode_json(body)
     if not events:
         raise ApiError(400, "no events in the body")
+    if max_events is not None and len(events) > max_events:
+        raise ApiError(413, f"{len(events)} events in one request, more than the limit of "
+                            f"{max_events}: split the batch",
+                       [Issue(max_events, f"$[{max_events}]", "first event over the limit")])
     return prepare(events, now_us)
 
 
@@ -119,6 +126,8 @@ def _decode_json(body: bytes) -> list[WireEvent]:
         raise ApiError(400, f"malformed JSON: {_plain(exc)}") from None
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply", [Issue(0, "$", TOO_DEEP)]) from None
 
 
 def _decode_lines(body: bytes) -> list[WireEvent]:
@@ -152,6 +161,8 @@ def _decode_item(index: int, raw: bytes) -> WireEvent:
         raise _ItemError(Issue(index, "$", f"malformed JSON: {_plain(exc)}")) from None
     except UnicodeDecodeError as exc:
         raise _ItemError(Issue(index, "$", f"not valid UTF-8 (byte {exc.start})")) from None
+    except RecursionError:
+        raise _ItemError(Issue(index, "$", TOO_DEEP)) from None
 
 
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)

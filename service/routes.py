@@ -20,6 +20,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/events/metrics/timeseries", reads.get_timeseries)
     app.router.add_get("/events/metrics/stream", handlers.get_stream)
     app.router.add_get("/dashboard", handlers.dashboard)
-    # `.+` so that session ids containing an encoded `/` still reach the handler.
-    app.router.add_get("/events/metrics/session/{session_id:.+}", reads.get_session)
+    # `[\s\S]+` (any character, newlines too) so that every stored session id, even one with
+    # an encoded `/` or line break, reaches the handler.
+    app.router.add_get("/events/metrics/session/{session_id:[\\s\\S]+}", reads.get_session)
     app.router.add_post("/v1/traces", otlp.post_traces)
