@@ -1,0 +1,165 @@
+"""The projection's rules, one at a time, through the real ingest -> record -> fold path."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from projections import views
+from projections.prices import PriceTable
+from projections.replay import ReadModels
+from service.ingest import prepare
+from events.schema import WireEvent
+from tests import factories as f
+
+_decode = msgspec.json.Decoder(WireEvent)
+
+
+def fold(events: list[dict], prices: PriceTable | None = None) -> ReadModels:
+    models = ReadModels(prices)
+    wire = [_decode.decode(msgspec.json.encode(e)) for e in events]
+    for position, event in enumerate(prepare(wire), 1):
+        models.apply(position, event.record)
+    return models
+
+
+def session(models: ReadModels, sid: str = "s1", cutoff: int = -(2**62)) -> dict:
+    state = models.metrics.state
+    return msgspec.to_builtins(views.session_metrics(sid, state.sessions[sid], cutoff))
+
+
+def totals(models: ReadModels, cutoff: int = -(2**62), **where) -> dict:
+    from projections.filters import EventFilter
+    return msgspec.to_builtins(views.global_metrics(models.metrics.state, cutoff,
+                                                    EventFilter(**where)))
+
+
+def test_the_quickstart_example_reproduces_exactly():
+    got = session(fold(f.seed_session("abc-123")), "abc-123")
+    assert {k: got[k] for k in (
+        "session_id", "total_requests", "successful_requests", "failed_requests",
+        "total_duration_ms", "average_duration_ms", "total_prompt_tokens",
+        "total_completion_tokens", "total_tokens", "average_tokens_per_request",
+        "requests_with_tools")} == {
+        "session_id": "abc-123", "total_requests": 15, "successful_requests": 14,
+        "failed_requests": 1, "total_duration_ms": 45000, "average_duration_ms": 3214.29,
+        "total_prompt_tokens": 12500, "total_completion_tokens": 8300, "total_tokens": 20800,
+        "average_tokens_per_request": 1485.71, "requests_with_tools": 8}
+    assert got["in_flight_requests"] == 0
+    assert got["error_rate"] == pytest.approx(1 / 15, abs=1e-6)
+    assert got["errors_by_type"] == {"RateLimitError": 1}
+
+
+def test_a_request_known_only_from_its_terminal_event_counts():
+    got = session(fold([f.completed(), f.failed(request_id="r2")]))
+    assert (got["total_requests"], got["in_flight_requests"]) == (2, 0)
+
+
+def test_in_flight_until_finished_in_either_order():
+    assert session(fold([f.started()]))["in_flight_requests"] == 1
+    assert session(fold([f.started(), f.completed()]))["in_flight_requests"] == 0
+    assert session(fold([f.completed(), f.started()]))["in_flight_requests"] == 0
+    assert totals(fold([f.completed(), f.started(), f.started(request_id="x")]))[
+        "in_flight_requests"] == 1
+
+
+def test_averages_are_over_successful_requests_and_zero_without_any():
+    got = session(fold([f.failed()]))
+    assert got["average_duration_ms"] == 0 and got["average_tokens_per_request"] == 0
+    assert got["duration_ms_percentiles"] is None and got["output_tokens_per_second"] is None
+
+
+def test_total_tokens_defaults_and_explicit_values_are_summed():
+    got = session(fold([f.completed(prompt_tokens=3, completion_tokens=4),
+                        f.completed(request_id="r2", total_tokens=100)]))
+    assert got["total_tokens"] == 7 + 100
+
+
+def test_stale_requests_are_not_in_flight():
+    models = fold([f.started(t=0), f.started(request_id="r2", t=590), f.completed(
+        request_id="r3", t=700)])
+    newest = models.metrics.state.newest_event_us
+    cutoff = newest - 600 * 1_000_000
+    got = session(models, cutoff=cutoff)
+    assert (got["in_flight_requests"], got["stale_requests"]) == (1, 1)
+    assert (totals(models, cutoff)["in_flight_requests"],
+            totals(models, cutoff)["stale_requests"]) == (1, 1)
+
+
+PRICES = PriceTable.from_json(msgspec.json.encode({"models": {
+    "gpt-4": {"input": 30, "output": 60},
+    "gpt-4o": {"input": 2.5, "output": 10, "cached_input": 1.25,
+               "patterns": ["gpt-4o-20*"]},
+    "gpt-4o-mini": {"input": 0.15, "output": 0.6, "patterns": ["gpt-4o-mini-*"]},
+}}))
+
+
+def test_cost_from_the_seed_gpt4_prices():
+    got = session(fold([f.completed(model="gpt-4", prompt_tokens=1000, completion_tokens=1000)],
+                       PRICES))
+    assert got["prompt_cost_usd"] == pytest.approx(0.03)
+    assert got["completion_cost_usd"] == pytest.approx(0.06)
+    assert got["total_cost_usd"] == pytest.approx(0.09)
+
+
+def test_cached_prompt_tokens_are_charged_the_cached_price():
+    got = session(fold([f.completed(model="gpt-4o", prompt_tokens=1_000_000,
+                                    cached_prompt_tokens=400_000, completion_tokens=0)], PRICES))
+    assert got["prompt_cost_usd"] == pytest.approx(600_000 * 2.5e-6 + 400_000 * 1.25e-6)
+
+
+@pytest.mark.parametrize("model,price", [("gpt-4o-2024-08-06", 2.5), ("gpt-4o-mini-2024-07-18",
+                                                                        0.15)])
+def test_dated_variants_match_the_most_specific_pattern(model, price):
+    got = session(fold([f.completed(model=model, prompt_tokens=1_000_000, completion_tokens=0)],
+                       PRICES))
+    assert got["total_cost_usd"] == pytest.approx(price)
+    assert got["unpriced_models"] == []
+
+
+def test_unknown_models_cost_nothing_and_are_listed():
+    got = totals(fold([f.completed(model="my-llama"), f.completed(request_id="2")], PRICES))
+    assert got["by_model"]["my-llama"]["total_cost_usd"] == 0
+    assert got["unpriced_models"] == ["my-llama"]
+
+
+def test_a_cost_given_by_the_caller_wins_and_is_split_like_the_table():
+    got = session(fold([f.completed(model="gpt-4", prompt_tokens=1000, completion_tokens=1000,
+                                    cost_usd=0.9)], PRICES))
+    assert got["total_cost_usd"] == pytest.approx(0.9)
+    assert got["prompt_cost_usd"] == pytest.approx(0.3)
+    unknown = session(fold([f.completed(model="x", prompt_tokens=1, completion_tokens=3,
+                                        cost_usd=0.4)], PRICES))
+    assert unknown["prompt_cost_usd"] == pytest.approx(0.1)
+    assert unknown["unpriced_models"] == []
+
+
+def test_repricing_needs_only_a_new_table():
+    events = [f.completed(model="gpt-4", prompt_tokens=1000, completion_tokens=0)]
+    cheaper = PriceTable.from_json(b'{"models": {"gpt-4": {"input": 3, "output": 6}}}')
+    assert session(fold(events, PRICES))["total_cost_usd"] == pytest.approx(0.03)
+    assert session(fold(events, cheaper))["total_cost_usd"] == pytest.approx(0.003)
+
+
+def test_by_model_and_filters():
+    models = fold([
+        f.completed(model="a", prompt_tokens=1, completion_tokens=0, user_id="u1", tags=["x"]),
+        f.completed(request_id="2", model="b", prompt_tokens=10, completion_tokens=0,
+                    user_id="u2", tags=["x", "y"]),
+        f.failed(session_id="s2", request_id="3", model="a", user_id="u1"),
+    ])
+    got = totals(models)
+    assert set(got["by_model"]) == {"a", "b"}
+    assert got["by_model"]["a"]["failed_requests"] == 1
+    assert totals(models, model="a")["total_tokens"] == 1
+    assert totals(models, model="a")["total_sessions"] == 2
+    assert totals(models, user_id="u1")["total_requests"] == 2
+    assert totals(models, tag="x")["total_tokens"] == 11
+    assert totals(models, tag="y")["total_sessions"] == 1
+
+
+def test_output_tokens_per_second_excludes_time_to_first_token():
+    got = session(fold([f.completed(duration_ms=3000, time_to_first_token_ms=1000,
+                                    completion_tokens=100)]))
+    assert got["output_tokens_per_second"] == 50.0
+    assert got["time_to_first_token_ms_percentiles"]["p50"] == pytest.approx(1000, rel=0.01)
