@@ -22,6 +22,7 @@ from events.records import Record
 from events.store import EventStore
 from projections.metrics import MetricsProjection
 from projections.prices import PriceTable, default_prices
+from projections.prometheus import PrometheusProjection
 from projections.timeseries import TimeseriesProjection
 
 PAGE = 20_000
@@ -39,7 +40,8 @@ class ReadModels:
         self.prices = prices if prices is not None else default_prices()
         self.metrics = MetricsProjection(self.prices)
         self.timeseries = TimeseriesProjection(self.prices)
-        self.projections = [self.metrics, self.timeseries]
+        self.prometheus = PrometheusProjection()
+        self.projections = [self.metrics, self.timeseries, self.prometheus]
         self.position = 0
 
     def apply(self, position: int, record: Record) -> None:

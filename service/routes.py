@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service import handlers, reads
-from service import otlp
+from service import openapi, otlp, prometheus
 
 
 def setup_routes(app: web.Application) -> None:
@@ -24,3 +24,6 @@ def setup_routes(app: web.Application) -> None:
     # an encoded `/` or line break, reaches the handler.
     app.router.add_get("/events/metrics/session/{session_id:[\\s\\S]+}", reads.get_session)
     app.router.add_post("/v1/traces", otlp.post_traces)
+    app.router.add_get("/metrics", prometheus.get_metrics)
+    app.router.add_get("/openapi.json", openapi.get_openapi)
+    app.router.add_get("/docs", openapi.get_docs)
