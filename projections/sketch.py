@@ -5,7 +5,8 @@ Values are counted in logarithmic buckets: bucket `i` holds values in `(g**(i-1)
 within a relative error `a` of the true order statistic. Sketches merge by adding counts, which
 makes them serialisable (a dict) and cheap to combine across sessions, models and time buckets.
 
-The quantile `q` of `n` values is the value at 0-based rank `floor(q * (n - 1))` in sorted order.
+The quantile `q` of `n` values is the nearest-rank one: the value at 1-based rank `ceil(q * n)` in
+sorted order (so the p95 of two values is the larger one).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Sketch(msgspec.Struct, gc=False):
     def quantile(self, q: float) -> float | None:
         if self.n == 0:
             return None
-        rank = math.floor(q * (self.n - 1))
+        rank = _rank(q, self.n)
         seen = 0
         for bucket in sorted(self.counts):
             seen += self.counts[bucket]
@@ -65,7 +66,7 @@ class Sketch(msgspec.Struct, gc=False):
         """`{"p50", "p90", "p95", "p99"}` in one pass, or None when empty."""
         if self.n == 0:
             return None
-        ranks = [(name, math.floor(q * (self.n - 1))) for name, q in PERCENTILES]
+        ranks = [(name, _rank(q, self.n)) for name, q in PERCENTILES]
         out: dict[str, float] = {}
         seen = 0
         i = 0
@@ -77,6 +78,11 @@ class Sketch(msgspec.Struct, gc=False):
             if i == len(ranks):
                 break
         return out
+
+
+def _rank(q: float, n: int) -> int:
+    """The 0-based nearest rank of quantile q among n values."""
+    return max(math.ceil(q * n) - 1, 0)
 
 
 def value_of(bucket: int) -> float:

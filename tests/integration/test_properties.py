@@ -64,7 +64,7 @@ def requests(draw):
             error=draw(st.sampled_from(["Timeout", "RateLimit"])),
             cost=draw(st.sampled_from([None, None, 0.25])),
         ))
-    return [r for r in out if r["start"] or r["outcome"]]
+    return [r for r in out if r["start"] or r["outcome"]] or [dict(out[0], start=True)]
 
 
 def iso(seconds: int) -> str:
@@ -94,7 +94,7 @@ def events_of(r: dict) -> list[dict]:
 # ---- the oracle: straight from the requests, no shared code with the projections -------------
 
 def exact_quantile(values, q):
-    return sorted(values)[math.floor(q * (len(values) - 1))]
+    return sorted(values)[max(math.ceil(q * len(values)) - 1, 0)]
 
 
 def cost(r):

@@ -10,7 +10,7 @@ from projections.sketch import RELATIVE_ACCURACY, Sketch, bucket_of, merged
 
 
 def exact(values: list[float], q: float) -> float:
-    return sorted(values)[math.floor(q * (len(values) - 1))]
+    return sorted(values)[max(math.ceil(q * len(values)) - 1, 0)]
 
 
 def sketch_of(values) -> Sketch:
