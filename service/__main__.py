@@ -1,4 +1,5 @@
-"""`python -m service serve | replay | migrate` (also installed as `llm-metrics`)."""
+"""`python -m service serve | replay | migrate`, plus the client commands of `service.cli`
+(`stats | export | import | tail`); also installed as `llm-metrics`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from events.store import StoreError
 from projections.prices import PriceError
 from projections.replay import UndecodableLog, write_snapshot
+from service import cli
 from service.app import create_app, load_read_models, open_store
 from service.auth import is_default_secret
 from service.config import DEFAULT_SECRET, Config, ConfigError, add_arguments, from_args
@@ -115,12 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     migrate_p = commands.add_parser("migrate", help="apply pending database migrations")
     for p in (serve_p, replay_p, migrate_p):
         add_arguments(p)
+    cli.add_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = from_args(args)
     except ConfigError as exc:
         parser.error(str(exc))
+    if args.command in cli.COMMANDS:
+        return cli.run(args, config)
     if args.command == "serve":
         return serve(config)
     if args.command == "replay":

@@ -1,0 +1,145 @@
+"""`python -m service stats | export | import | tail` against real server processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.factories import completed, seed_session, started
+from tests.server import ROOT, ServerProcess, free_port, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def env_for(server: ServerProcess, **extra) -> dict:
+    return {"LLM_METRICS_PORT": str(server.port), "LLM_METRICS_HOST": "127.0.0.1", **extra}
+
+
+def post(server, events):
+    status, body = server.request("POST", "/events", events)
+    assert status == 201, body
+    return body
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ServerProcess(tmp_path_factory.mktemp("cli") / "events.db") as server:
+        post(server, seed_session("abc-123"))
+        yield server
+
+
+def test_stats_prints_a_table_of_the_totals(server):
+    result = run_cli("stats", env=env_for(server))
+    assert result.returncode == 0, result.stderr
+    rows = {line.rsplit("  ", 1)[0].strip(): line.rsplit("  ", 1)[1].strip()
+            for line in result.stdout.splitlines()[3:] if "  " in line}
+    assert result.stdout.startswith("all sessions\nmetric")
+    assert rows["requests"] == "15"
+    assert rows["failed"] == "1"
+    assert rows["average duration (ms)"] == "3,214.29"
+    assert rows["tokens / request"] == "1,485.71"
+
+
+def test_stats_of_one_session_and_as_json(server):
+    result = run_cli("stats", "abc-123", env=env_for(server))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("session abc-123\n")
+    assert "with tool calls" in result.stdout and " 8\n" in result.stdout
+    as_json = run_cli("stats", "abc-123", "--json", env=env_for(server))
+    body = json.loads(as_json.stdout)
+    assert body["session_id"] == "abc-123" and body["total_requests"] == 15
+
+
+def test_stats_errors_say_what_is_wrong(server, tmp_path):
+    missing = run_cli("stats", "no-such-session", env=env_for(server))
+    assert missing.returncode == 1 and "404" in missing.stderr and "no-such-session" in missing.stderr
+    wrong = run_cli("stats", env=env_for(server, LLM_METRICS_SECRET="nope"))
+    assert wrong.returncode == 1 and "401" in wrong.stderr and "LLM_METRICS_SECRET" in wrong.stderr
+    down = run_cli("stats", "--port", str(free_port()), env=env_for(server))
+    assert down.returncode == 2 and "cannot reach the service" in down.stderr
+
+
+def test_export_then_import_into_another_service_is_idempotent(server, tmp_path):
+    exported = tmp_path / "events.ndjson"
+    with open(exported, "wb") as out:
+        result = subprocess.run([sys.executable, "-m", "service", "export"], cwd=ROOT,
+                                env={**__import__("os").environ, **env_for(server)},
+                                stdout=out, stderr=subprocess.PIPE, text=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = exported.read_bytes().splitlines()
+    assert len(lines) == 30 and all(json.loads(x)["event_id"] for x in lines)
+    assert b"exported 30 events" in result.stderr
+
+    with ServerProcess(tmp_path / "copy.db") as copy:
+        first = run_cli("import", str(exported), env=env_for(copy))
+        assert first.returncode == 0, first.stderr
+        assert "30 new, 0 already stored" in first.stderr
+        again = run_cli("import", str(exported), env=env_for(copy))
+        assert "0 new, 30 already stored" in again.stderr
+        assert copy.request("GET", "/events/metrics")[1] == server.request("GET", "/events/metrics")[1]
+
+
+def test_export_time_window(server):
+    result = run_cli("export", "--from", "2026-01-01T00:00:05Z", "--to", "2026-01-01T00:00:07Z",
+                     env=env_for(server))
+    times = [json.loads(x)["timestamp"] for x in result.stdout.splitlines()]
+    assert times and all("00:00:05" <= t[11:19] < "00:00:07" for t in times)
+
+
+def test_import_names_the_bad_line_and_keeps_earlier_batches(tmp_path):
+    path = tmp_path / "bad.ndjson"
+    good = [json.dumps(started("imp", f"r{i}")) for i in range(4)]
+    bad = json.dumps({**completed("imp", "r9"), "prompt_tokens": -1})
+    path.write_text("\n".join(good[:2] + ["", *good[2:], bad]) + "\n")
+    with ServerProcess(tmp_path / "imp.db") as server:
+        result = run_cli("import", str(path), "--batch", "3", env=env_for(server))
+        assert result.returncode == 1
+        assert "line 6: $.prompt_tokens" in result.stderr
+        assert server.request("GET", "/events/metrics")[1]["total_sessions"] == 1
+        assert server.request("GET", "/health")[1]["position"] == 3  # the first batch
+
+
+def test_long_export_and_import_show_progress(tmp_path):
+    events = []
+    for i in range(30_000):
+        events.append(started(f"p{i % 100}", f"r{i}", t=i % 3600))
+        events.append(completed(f"p{i % 100}", f"r{i}", t=i % 3600 + 1))
+    with ServerProcess(tmp_path / "big.db") as server:
+        for i in range(0, len(events), 20_000):
+            post(server, events[i:i + 20_000])
+        exported = tmp_path / "big.ndjson"
+        with open(exported, "wb") as out:
+            result = subprocess.run([sys.executable, "-m", "service", "export"], cwd=ROOT,
+                                    env={**__import__("os").environ, **env_for(server)},
+                                    stdout=out, stderr=subprocess.PIPE, timeout=120)
+        assert result.returncode == 0
+        progress = [x for x in result.stderr.decode().splitlines() if x.startswith("export [")]
+        assert progress and progress[-1].split()[-2] == "60,000/60,000"
+    with ServerProcess(tmp_path / "big-copy.db") as copy:
+        result = run_cli("import", str(exported), env=env_for(copy))
+        assert result.returncode == 0, result.stderr
+        assert any(x.startswith("import [") for x in result.stderr.splitlines())
+        assert "60,000 new" in result.stderr
+        assert copy.request("GET", "/health")[1]["position"] == 60_000
+
+
+def test_tail_prints_the_last_events_then_follows(server):
+    proc = subprocess.Popen([sys.executable, "-m", "service", "tail", "-n", "2"], cwd=ROOT,
+                            env={**__import__("os").environ, **env_for(server)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = [proc.stdout.readline() for _ in range(2)]
+        assert "STARTED" in first[0] and "abc-123/r14" in first[0]
+        assert "FAILED" in first[1] and "RateLimitError" in first[1]
+        began = time.monotonic()
+        post(server, [completed("tailed", "r1", prompt_tokens=11, completion_tokens=4)])
+        line = proc.stdout.readline()
+        assert time.monotonic() - began < 5
+        assert "COMPLETED" in line and "tailed/r1" in line and "11+4 tokens" in line
+    finally:
+        proc.terminate()
+        proc.wait(10)
