@@ -81,11 +81,12 @@ async def _replay(config: Config, skip_undecodable: bool) -> int:
         progress.done()
         started = time.perf_counter()
         await write_snapshot(config.snapshot_path, models, store)
-        total = models.metrics.state.total
+        state = models.metrics.state
+        finished = sum(s.successful + s.failed for s in state.models.values())
         print(
             f"replayed {report.events:,} events up to position {models.position} in "
-            f"{report.seconds:.2f} s ({report.rate:,.0f} events/s): {total.sessions:,} "
-            f"sessions, {total.successful + total.failed:,} finished requests; snapshot "
+            f"{report.seconds:.2f} s ({report.rate:,.0f} events/s): {len(state.sessions):,} "
+            f"sessions, {finished:,} finished requests; snapshot "
             f"written to {config.snapshot_path} in {time.perf_counter() - started:.2f} s"
         )
         if report.skipped:
