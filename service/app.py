@@ -96,7 +96,14 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
             await app[keys.STORE].close()
 
     async def models_ctx(app: web.Application):
-        app[keys.MODELS], _ = await load_read_models(app[keys.STORE], config)
+        try:
+            app[keys.MODELS], _ = await load_read_models(app[keys.STORE], config)
+        except BaseException:
+            # A failed startup does not unwind the contexts already entered (aiohttp), and the
+            # open store's thread would keep the process from exiting with its error.
+            if store is None:
+                await app[keys.STORE].close()
+            raise
         yield
         await _snapshot(app, "shutdown")
 
