@@ -17,7 +17,7 @@ from projections.prices import PriceError
 from projections.replay import UndecodableLog, write_snapshot
 from service import cli
 from service.app import create_app, load_read_models, open_store
-from service.auth import is_default_secret
+from service.auth import AccessLogger, is_default_secret
 from service.config import DEFAULT_SECRET, Config, ConfigError, add_arguments, from_args
 from service.progress import Progress
 
@@ -49,6 +49,7 @@ def serve(config: Config) -> int:
             host=config.host,
             port=config.port,
             access_log=log if config.access_log else None,
+            access_log_class=AccessLogger,
             print=lambda *_: log.info("serving on http://%s:%d", config.host, config.port),
             shutdown_timeout=5.0,
             # Slow clients: aiohttp closes a connection that has not sent a complete request

@@ -14,6 +14,7 @@ import hmac
 from typing import Iterable, NamedTuple
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from service.config import DEFAULT_SECRET, HASHED_KEY_PREFIX, Config
 from service import keys
@@ -125,3 +126,12 @@ def auth_middleware(keyring: KeyRing):
         return await handler(request)
 
     return middleware
+
+
+class AccessLogger(AbstractAccessLogger):
+    """The access log, without query strings: a key pasted into a URL by mistake (the API never
+    asks for one there) does not end up in the log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s" %d %d %.1f ms', request.remote, request.method,
+                         request.path, response.status, response.body_length, time * 1000)
