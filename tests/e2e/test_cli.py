@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +70,7 @@ def test_export_then_import_into_another_service_is_idempotent(server, tmp_path)
     exported = tmp_path / "events.ndjson"
     with open(exported, "wb") as out:
         result = subprocess.run([sys.executable, "-m", "service", "export"], cwd=ROOT,
-                                env={**__import__("os").environ, **env_for(server)},
+                                env={**os.environ, **env_for(server)},
                                 stdout=out, stderr=subprocess.PIPE, text=False, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = exported.read_bytes().splitlines()
@@ -114,7 +117,7 @@ def test_long_export_and_import_show_progress(tmp_path):
         exported = tmp_path / "big.ndjson"
         with open(exported, "wb") as out:
             result = subprocess.run([sys.executable, "-m", "service", "export"], cwd=ROOT,
-                                    env={**__import__("os").environ, **env_for(server)},
+                                    env={**os.environ, **env_for(server)},
                                     stdout=out, stderr=subprocess.PIPE, timeout=120)
         assert result.returncode == 0
         progress = [x for x in result.stderr.decode().splitlines() if x.startswith("export [")]
@@ -129,7 +132,7 @@ def test_long_export_and_import_show_progress(tmp_path):
 
 def test_tail_prints_the_last_events_then_follows(server):
     proc = subprocess.Popen([sys.executable, "-m", "service", "tail", "-n", "2"], cwd=ROOT,
-                            env={**__import__("os").environ, **env_for(server)},
+                            env={**os.environ, **env_for(server)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = [proc.stdout.readline() for _ in range(2)]
@@ -143,3 +146,13 @@ def test_tail_prints_the_last_events_then_follows(server):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_llm_metrics_console_script(server):
+    script = shutil.which("llm-metrics", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("llm-metrics is not installed (pip install -e .)")
+    result = subprocess.run([script, "stats", "abc-123", "--json"], capture_output=True, text=True,
+                            env={**os.environ, **env_for(server)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["total_requests"] == 15

@@ -121,3 +121,36 @@ async def test_stream_needs_the_secret_header(client):
     resp = await client.get("/events/metrics/stream")
     assert resp.status == 401
     assert "x-internal-auth" in (await resp.json())["error"]
+
+
+async def test_stream_after_a_burst_too_large_to_list_asks_for_a_reload(client, monkeypatch):
+    from service import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "MAX_ROWS_PER_UPDATE", 3)
+    resp = await client.get("/events/metrics/stream", headers=AUTH)
+    await read_frames(resp, 1)
+    await post(client, [started("burst", f"r{i}") for i in range(5)])
+    [update] = await read_frames(resp, 1)
+    assert update["position"] == 5
+    assert update["sessions_complete"] is False and update["sessions"] == []
+    assert update["global"]["total_sessions"] == 1
+    resp.close()
+
+
+def test_open_streams_do_not_hold_up_shutdown(tmp_path):
+    import threading
+    import time
+    import urllib.request
+
+    from tests.server import ServerProcess
+
+    with ServerProcess(tmp_path / "s.db") as server:
+        request = urllib.request.Request(server.url + "/events/metrics/stream", headers=AUTH)
+        reply = urllib.request.urlopen(request, timeout=30)
+        assert reply.readline().startswith(b"event: metrics")
+        ended = threading.Event()
+        threading.Thread(target=lambda: (reply.read(), ended.set()), daemon=True).start()
+        began = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - began < 4  # not the 5 s shutdown timeout
+        assert ended.wait(5)
