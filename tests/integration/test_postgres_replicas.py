@@ -221,3 +221,31 @@ async def test_a_snapshot_taken_while_the_tailer_applies_is_usable(tmp_path):
         assert await load_snapshot(path, restored, store) == 3
         assert msgspec.msgpack.encode(restored.metrics.state) == msgspec.msgpack.encode(
             models.metrics.state)
+
+
+async def test_a_lost_listen_connection_is_reopened_and_nothing_is_missed():
+    async with replicas(2, poll_s=0.05) as (schema, [(store, models, _, _),
+                                                    (_, _, _, their_writer)]):
+        admin = await asyncpg.connect(DSN)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()", store.channel)
+        finally:
+            await admin.close()
+        assert killed >= 1
+        result = await their_writer.submit(batch(factories.started("after-loss", "r")))
+        await until(lambda: models.position == result.last_position)
+        await until(lambda: store.listening)
+
+
+def test_driver_errors_become_the_ports_errors():
+    from events.postgres_store import _translate
+    from events.store import StoreError, StoreUnavailable
+
+    assert isinstance(_translate(ConnectionRefusedError(111, "refused")), StoreUnavailable)
+    assert isinstance(_translate(asyncpg.exceptions.ReadOnlySQLTransactionError("ro")),
+                      StoreUnavailable)
+    assert isinstance(_translate(asyncpg.exceptions.DiskFullError("full")), StoreUnavailable)
+    other = _translate(asyncpg.exceptions.UniqueViolationError("dup"))
+    assert isinstance(other, StoreError) and not isinstance(other, StoreUnavailable)
