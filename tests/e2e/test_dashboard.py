@@ -83,7 +83,7 @@ def test_dashboard_logs_in_and_updates_live(browser, tmp_path):
         expect(page.locator("#login")).to_be_visible()
         page.fill("#secret", "not-the-secret")
         page.click("#login button[type=submit]")
-        expect(page.locator("#login-error")).to_contain_text("refused")
+        expect(page.locator("#login-error")).to_contain_text("Refused: wrong x-internal-auth")
         page.fill("#secret", SECRET)
         page.click("#login button[type=submit]")
         expect(page.locator("#status")).to_have_text("live")
