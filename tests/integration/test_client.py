@@ -192,3 +192,17 @@ async def test_async_client_bounded_memory_and_close_reports_loss():
     assert metrics.stats.dropped >= 75
     assert not await metrics.close(timeout=0.1)
     assert metrics.stats.sent == 0
+
+
+def test_a_batch_too_large_for_the_service_is_split(server):
+    s = sid()
+    with ThreadedApp(flaky_proxy(server.url, [413])) as proxy:
+        metrics = MetricsClient(proxy.url, SECRET, batch_size=4, flush_interval=0.05)
+        for i in range(4):
+            metrics.emit({"type": "LLM_REQUEST_STARTED", "session_id": s, "request_id": f"r{i}",
+                          "model": "m", "timestamp": now()})
+        assert metrics.flush(10)
+        assert [len(b) for b in proxy.app[SEEN]] == [4, 2, 2]
+        assert (metrics.stats.sent, metrics.stats.rejected) == (4, 0)
+        metrics.close()
+    assert len(of_session(server, s)) == 4
