@@ -16,7 +16,8 @@ from pathlib import Path
 
 import msgspec
 
-from bench import disk, ingest_batch, ingest_single, memory, reads, replay, startup
+from bench import (disk, ingest_batch, ingest_single, memory, pg_ingest_batch,
+                   pg_ingest_single, pg_lag, pg_replay, reads, replay, startup)
 from bench.common import FULL, SMOKE, Figure, machine
 
 HERE = Path(__file__).resolve().parent
@@ -29,6 +30,11 @@ SCRIPTS = {
     "reads": reads,
     "ingest_batch": ingest_batch,
     "ingest_single": ingest_single,
+    # PostgreSQL (LLM_METRICS_BENCH_PG_DSN): a log shared by replicas.
+    "pg_ingest_batch": pg_ingest_batch,
+    "pg_ingest_single": pg_ingest_single,
+    "pg_replay": pg_replay,
+    "pg_lag": pg_lag,
 }
 
 

@@ -73,3 +73,15 @@ def schema_for_processes(prefix: str = "e2e"):
         yield dsn_with_schema(schema)
     finally:
         asyncio.run(_drop(schema))
+
+
+def unreachable() -> str | None:
+    """Why the test server cannot be used, or None when it can (for tests that adapt)."""
+    async def probe() -> None:
+        await (await asyncpg.connect(DSN, timeout=5)).close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"PostgreSQL is not reachable at {DSN}: {type(exc).__name__}: {exc}"
+    return None
