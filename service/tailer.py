@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from events import codec
 from events.store import Accepted, EventStore, Rejected, StoreError
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _LOG_EVERY_S = 30.0
 
 
+@runtime_checkable
 class SharedStore(EventStore, Protocol):
     """A store other processes append to too, which can wake us when they do."""
 
