@@ -18,6 +18,8 @@ import msgspec
 from events.postgres_store import PostgresStore
 from events.store import Accepted, Rejected
 from projections.replay import ReadModels, load_snapshot, replay, write_snapshot
+from service.app import open_store
+from service.config import Config
 from service.ingest import parse_body
 from service.tailer import Tailer
 from service.writer import Writer
@@ -249,3 +251,16 @@ def test_driver_errors_become_the_ports_errors():
     assert isinstance(_translate(asyncpg.exceptions.DiskFullError("full")), StoreUnavailable)
     other = _translate(asyncpg.exceptions.UniqueViolationError("dup"))
     assert isinstance(other, StoreError) and not isinstance(other, StoreUnavailable)
+
+
+async def test_a_postgres_url_selects_the_shared_store_and_a_snapshot_per_replica():
+    async with fresh_schema("config") as schema:
+        config = Config(db=dsn_with_schema(schema), port=8123)
+        store = await open_store(config)
+        try:
+            assert isinstance(store, PostgresStore) and store.schema == schema
+            assert await store.last_position() == 0  # migrated
+        finally:
+            await store.close()
+    assert config.snapshot_path == "data/replica-8123.snapshot"
+    assert Config(db="data/x.db").snapshot_path == "data/x.db.snapshot"
