@@ -58,7 +58,6 @@ class Tailer:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._last_complaint = 0.0
-        self.tailed = 0
 
     async def start(self) -> None:
         """Subscribe, catch up with what was appended since replay, then follow the log."""
@@ -106,7 +105,6 @@ class Tailer:
                 if position != models.position + 1:
                     self._complain("gap in the log: position %d follows %d; waiting for it",
                                    position, models.position)
-                    self.tailed += applied
                     return applied
                 try:
                     record = codec.decode(payload)
@@ -115,7 +113,6 @@ class Tailer:
                 models.apply(position, record)
                 applied += 1
             if len(rows) < PAGE:
-                self.tailed += applied
                 return applied
 
     async def _run(self) -> None:
