@@ -3,8 +3,9 @@
 The writer calls `MetricsStream.notify` after each commit. One publisher task (not one per
 subscriber) turns "the log moved" into one encoded update: the global metrics plus the metrics of
 every session the new events touched, found by reading the new rows back from the store. Updates
-are throttled to one per `MIN_INTERVAL_S`, so a burst of ten thousand commits costs a handful of
-updates, and each is encoded once and shared by every subscriber.
+are throttled to one per `MIN_INTERVAL_S` (longer when rendering is slow, so updates never take
+more than about a tenth of the event loop), so a burst of ten thousand commits costs a handful
+of updates, and each is encoded once and shared by every subscriber.
 
 Each update names the position range it covers (`from_position` -> `position`). A subscriber too
 slow to keep up gets a resync (`from_position: null`) instead of an ever-growing queue: it then
@@ -19,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Callable
 
 import msgspec
+
 from events.codec import UndecodableEvent, decode
 from events.store import EventStore
 from projections.replay import ReadModels
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # At most one update per this many seconds: a dashboard cannot show more, and it bounds the work.
 MIN_INTERVAL_S = 0.2
+# Pause after an update, as a multiple of the time it took: at most ~1/10 of the loop's time.
+LOOP_SHARE = 9
 # New rows read back per update to find the touched sessions; past it, `sessions_complete` is
 # false and subscribers reload the session list themselves.
 MAX_ROWS_PER_UPDATE = 5_000
@@ -140,6 +145,7 @@ class MetricsStream:
                 # Nobody listens: remember where we are and skip reading the log.
                 self._published = self._models.position
                 continue
+            began = time.perf_counter()
             try:
                 frame = await self._next_update()
             except Exception:  # a failed read must not end the stream for good
@@ -151,7 +157,9 @@ class MetricsStream:
                     _replace_all(mailbox, self._resync())
                 else:
                     mailbox.put_nowait(frame)
-            await asyncio.sleep(MIN_INTERVAL_S)
+            # Rendering runs on the event loop; when it is slow (a huge state), space the updates
+            # out so the stream never takes more than about a tenth of the loop's time.
+            await asyncio.sleep(max(MIN_INTERVAL_S, (time.perf_counter() - began) * LOOP_SHARE))
 
     async def _next_update(self) -> bytes:
         start, end = self._published, self._models.position
