@@ -23,7 +23,7 @@ from msgspec import Meta
 
 from events.schema import WireEvent
 from projections import timeseries, views
-from service import handlers, keys, otlp
+from service import handlers, keys, otlp, stream
 from service.auth import HEADER, is_public
 from service.errors import ErrorBody
 
@@ -36,6 +36,13 @@ class Raw(NamedTuple):
     """A body that is not a msgspec type: a JSON Schema written here."""
 
     schema: dict[str, Any]
+
+
+class Sse(NamedTuple):
+    """A Server-Sent Events stream whose events carry `data` of a msgspec type, as JSON."""
+
+    event: str
+    type: Any
 
 
 TEXT = Raw({"type": "string"})
@@ -153,7 +160,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
            Param("session_id", Text, "only this session"))),
     ("GET", "/events/metrics/stream"): Operation(
         "Server-Sent Events: the global metrics (and touched sessions) after each commit",
-        {200: {"text/event-stream": TEXT}}),
+        {200: {"text/event-stream": Sse("metrics", stream.Update)}}),
     ("GET", "/dashboard"): Operation(
         "A live dashboard page (HTML)", {200: {"text/html": TEXT}}),
     ("POST", "/v1/traces"): Operation(
@@ -196,15 +203,26 @@ def build(app: web.Application) -> dict[str, Any]:
         if op is None:
             continue
         for media in [*op.responses.values(), op.request or {}]:
-            types.extend(t for t in media.values() if not isinstance(t, Raw))
+            types.extend(t.type if isinstance(t, Sse) else t for t in media.values()
+                         if not isinstance(t, Raw))
         types.extend(p.type for p in op.query)
     schemas, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}")
+        types, schema_hook=_schema_hook, ref_template="#/components/schemas/{name}")
     schema_of = dict(zip(map(_key, types), schemas))
 
+    def schema(t: Any) -> dict[str, Any]:
+        if isinstance(t, Raw):
+            return t.schema
+        if isinstance(t, Sse):
+            # One event as Schemathesis and OpenAPI 3.2's itemSchema see it.
+            return {"type": "object", "required": ["data"], "properties": {
+                "event": {"const": t.event},
+                "data": {"type": "string", "contentMediaType": JSON,
+                         "contentSchema": schema_of[_key(t.type)]}}}
+        return schema_of[_key(t)]
+
     def body(media: dict[str, Any]) -> dict[str, Any]:
-        return {kind: {"schema": t.schema if isinstance(t, Raw) else schema_of[_key(t)]}
-                for kind, t in media.items()}
+        return {kind: {"schema": schema(t)} for kind, t in media.items()}
 
     error = {JSON: {"schema": schema_of[_key(ErrorBody)]}}
     config = app[keys.CONFIG]
@@ -264,6 +282,13 @@ def build(app: web.Application) -> dict[str, Any]:
 def undocumented(app: web.Application) -> list[tuple[str, str]]:
     """Routes of `app` that have no entry in `OPERATIONS`."""
     return [r for r in routes(app) if r not in OPERATIONS]
+
+
+def _schema_hook(t: type) -> dict[str, Any]:
+    # A field typed `object` holds any JSON value (e.g. the stream's embedded metrics bodies).
+    if t is object:
+        return {"description": "any JSON value"}
+    raise NotImplementedError
 
 
 def _key(t: Any) -> str:
