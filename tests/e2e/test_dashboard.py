@@ -99,6 +99,7 @@ def test_dashboard_logs_in_and_updates_live(browser, tmp_path):
         page.evaluate("window.__notReloaded = true")
         hist_before = page.locator("#latency-hist rect.hist").evaluate_all(
             "rs => rs.map(r => r.getAttribute('height')).join()")
+        series_before = page.locator("#timeseries path.tokens").get_attribute("d")
         now = datetime.now(timezone.utc).isoformat()
         post(server, [
             {**started("live-session", "a", "mistral-large"), "timestamp": now},
@@ -116,6 +117,9 @@ def test_dashboard_logs_in_and_updates_live(browser, tmp_path):
         page.wait_for_function(
             "before => [...document.querySelectorAll('#latency-hist rect.hist')]"
             ".map(r => r.getAttribute('height')).join() !== before", arg=hist_before)
+        page.wait_for_function(
+            "before => document.querySelector('#timeseries path.tokens').getAttribute('d') "
+            "!== before", arg=series_before)
         assert page.evaluate("window.__notReloaded") is True
         error_rate = page.locator("#error-rate").inner_text()
         assert error_rate.endswith("%") and error_rate != "0.00%"
