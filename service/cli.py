@@ -144,6 +144,7 @@ SUMMARY = [
     ("successful_requests", "successful"),
     ("failed_requests", "failed"),
     ("error_rate", "error rate"),
+    ("errors_by_type", "errors by type"),
     ("in_flight_requests", "in flight"),
     ("stale_requests", "stale"),
     ("total_prompt_tokens", "prompt tokens"),
@@ -180,7 +181,7 @@ def stats(api: Api, session_id: str | None, as_json: bool) -> int:
         return 0
     title = f"session {session_id}" if session_id is not None else "all sessions"
     rows = [(label, _cell(name, metrics[name])) for name, label in SUMMARY
-            if name in metrics and metrics[name] not in (None, [])]
+            if name in metrics and metrics[name] not in (None, [], {})]
     print(title)
     print(table(["metric", "value"], rows, right=[1]))
     by_model = metrics.get("by_model") or {}
@@ -199,6 +200,8 @@ def stats(api: Api, session_id: str | None, as_json: bool) -> int:
 def _cell(name: str, value) -> str:
     if value is None:
         return "-"
+    if name == "errors_by_type":
+        return ", ".join(f"{k} {v:,}" for k, v in sorted(value.items(), key=lambda kv: -kv[1]))
     if isinstance(value, dict):  # percentiles
         return " / ".join(_number(value.get(k)) for k in ("p50", "p90", "p95", "p99"))
     if isinstance(value, list):

@@ -43,6 +43,7 @@ def test_stats_prints_a_table_of_the_totals(server):
     assert result.stdout.startswith("all sessions\nmetric")
     assert rows["requests"] == "15"
     assert rows["failed"] == "1"
+    assert rows["errors by type"] == "RateLimitError 1"
     assert rows["average duration (ms)"] == "3,214.29"
     assert rows["tokens / request"] == "1,485.71"
 
