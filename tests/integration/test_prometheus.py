@@ -3,8 +3,13 @@ an oracle computed here from the posted events; `promtool check metrics` where i
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
+import time
+import urllib.parse
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from service import keys
 from service.app import create_app
 from tests import factories
 from tests.conftest import AUTH
+from tests.server import ROOT, ServerProcess, free_port
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "otlp_genai_export.json"
 
@@ -188,3 +194,44 @@ async def test_promtool_check_metrics_accepts_the_exposition(loaded):
     assert done.returncode == 0, done.stdout + done.stderr
     # promtool prints lint problems (naming, units, help) without failing: allow none.
     assert done.stdout.strip() == "" and done.stderr.strip() == "", done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prometheus") is None,
+                    reason="prometheus not installed (Debian: apt-get install prometheus)")
+def test_a_real_prometheus_scrapes_the_readme_config(tmp_path):
+    """Debian's Prometheus server runs the README's scrape config against a live service."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Prometheus"):readme.index("## API docs")]
+    scrape = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    with ServerProcess(tmp_path / "events.db", LLM_METRICS_PROM_PUBLIC="1") as service:
+        assert service.request("POST", "/events", factories.seed_session())[0] == 201
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(scrape.replace("localhost:8001", f"127.0.0.1:{service.port}")
+                          .replace("scrape_interval: 15s", "scrape_interval: 1s"))
+        log = open(tmp_path / "prometheus.log", "wb")
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            query = urllib.parse.quote('llm_requests_total{model="gpt-4",status="ok"}')
+            deadline, result = time.monotonic() + 60, []
+            while time.monotonic() < deadline and not result:
+                time.sleep(0.5)
+                assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()
+                try:
+                    with urllib.request.urlopen(
+                            f"http://127.0.0.1:{port}/api/v1/query?query={query}", timeout=5) as r:
+                        result = json.loads(r.read())["data"]["result"]
+                except OSError:
+                    continue
+            assert result, (tmp_path / "prometheus.log").read_text()[-3000:]
+            assert result[0]["value"][1] == "14"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5) as r:
+                target = json.loads(r.read())["data"]["activeTargets"][0]
+            assert target["health"] == "up" and target["lastError"] == ""
+        finally:
+            prometheus.terminate()
+            prometheus.wait(15)
+            log.close()
