@@ -15,7 +15,7 @@ import random
 import asyncpg
 
 from events.postgres_store import PostgresStore
-from events.store import Accepted, Rejected
+from events.store import Accepted, Rejected, StoreUnavailable
 from projections.replay import (ReadModels, encode_snapshot, load_snapshot, replay,
                                 write_snapshot)
 from service.app import open_store
@@ -263,3 +263,25 @@ async def test_a_postgres_url_selects_the_shared_store_and_a_snapshot_per_replic
             await store.close()
     assert config.snapshot_path == "data/replica-8123.snapshot"
     assert Config(db="data/x.db").snapshot_path == "data/x.db.snapshot"
+
+
+async def test_without_notifications_the_tailer_polls():
+    """LISTEN impossible (e.g. a pooler in transaction mode): rows still arrive, by polling."""
+    async with replicas(2, start_tailers=False) as (_, [(store, models, _, _),
+                                                        (_, _, _, their_writer)]):
+        class Deaf:
+            listening = False
+
+            async def listen(self, on_append):
+                raise StoreUnavailable("LISTEN is not available")
+
+            async def read(self, after, limit):
+                return await store.read(after, limit)
+
+        tailer = Tailer(Deaf(), models, poll_s=0.05)
+        await tailer.start()
+        try:
+            result = await their_writer.submit(batch(factories.started("polled", "r")))
+            await until(lambda: models.position == result.last_position, timeout=5)
+        finally:
+            await tailer.close()
