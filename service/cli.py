@@ -21,6 +21,8 @@ from service.config import Config, add_arguments
 from service.progress import Progress
 
 COMMANDS = ("stats", "export", "import", "tail")
+# The settings a client command uses (the rest still come from the environment, unused).
+CLIENT_SETTINGS = ("host", "port", "secret")
 EXPORT_PAGE = 10_000
 IMPORT_BATCH = 5_000
 IMPORT_ATTEMPTS = 6
@@ -58,7 +60,7 @@ def add_commands(commands) -> None:
     tail.add_argument("--json", action="store_true", help="print NDJSON wire events")
     tail.add_argument("--no-follow", action="store_true", help="print the last events and stop")
     for p in (stats, export, import_, tail):
-        add_arguments(p)
+        add_arguments(p, only=CLIENT_SETTINGS)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

@@ -198,13 +198,17 @@ def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Conf
     return Config(**values)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per setting; unset flags fall back to the environment, then the default."""
+def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One `--flag` per setting (or per setting named in `only`); unset flags fall back to the
+    environment, then the default."""
     for s in SETTINGS:
+        if only is not None and s.field not in only:
+            continue
         flag = "--" + s.field.replace("_", "-")
         parser.add_argument(
             flag, dest=s.field, type=_quiet(s.parse) if s.secret else s.parse, default=None,
-            help=f"{s.help} [env {s.env}, default {s.default!r}]",
+            # argparse %-formats help texts: a literal `%` ("10% of throughput") must be doubled.
+            help=f"{s.help} [env {s.env}, default {s.default!r}]".replace("%", "%%"),
         )
 
 

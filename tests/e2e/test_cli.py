@@ -157,3 +157,16 @@ def test_the_llm_metrics_console_script(server):
                             env={**os.environ, **env_for(server)}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["total_requests"] == 15
+
+
+@pytest.mark.parametrize("command", ["serve", "replay", "stats", "export", "import", "tail"])
+def test_every_command_has_help(command, capsys):
+    from service.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--port" in out and "LLM_METRICS_PORT" in out
+    if command in ("stats", "tail"):
+        assert "--snapshot" not in out  # only the settings a client command uses
