@@ -208,8 +208,12 @@ class PostgresStore:
             return
         try:
             conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc) from exc
+        try:
             await conn.add_listener(self.channel, lambda *_: on_append())
         except _DRIVER_ERRORS as exc:
+            conn.terminate()
             raise _translate(exc) from exc
         conn.add_termination_listener(lambda _conn: on_append())
         self._listener = conn
