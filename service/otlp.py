@@ -429,6 +429,12 @@ async def post_traces(request: web.Request) -> web.Response:
     content_type = request.headers.get("content-type", "")
     # aiohttp has already undone `content-encoding: gzip` / `deflate` while reading the body.
     export = decode_request(await request.read(), content_type)
+    limit = request.app[keys.CONFIG].max_events
+    spans = sum(len(ss.spans) for rs in export.resource_spans for ss in rs.scope_spans)
+    if spans > limit:
+        raise ApiError(413, f"{spans} spans in one export, more than the limit of {limit} "
+                            "(LLM_METRICS_MAX_EVENTS): lower the batch processor's "
+                            "max_export_batch_size")
     mapping = map_request(export)
     _, duplicates, rejected = await ingest_spans(request.app[keys.WRITER], mapping)
     counts = request.app[keys.OTLP_SPANS]

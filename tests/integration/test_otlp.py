@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from service import keys
+from service.app import create_app
 from tests.conftest import AUTH
 from tests.fixtures.genai_spans import (
     BASE_NS,
@@ -247,7 +250,17 @@ async def test_span_outcomes_are_counted(client):
                 parentSpanId="00000000000000d2")
     r = await client.post("/v1/traces", json=_export_with([ignored, genai, tool]), headers=AUTH)
     assert r.status == 200
-    counts = client.app[__import__("service.keys").keys.OTLP_SPANS]
+    counts = client.app[keys.OTLP_SPANS]
     assert counts == {"mapped": 1, "rejected": 0, "tool": 1, "ignored": 1}
     r = await client.get(f"/events/metrics/session/{genai['traceId']}", headers=AUTH)
     assert (await r.json())["requests_with_tools"] == 1
+
+
+async def test_an_export_over_the_events_limit_is_refused_whole(aiohttp_client, config):
+    client = await aiohttp_client(create_app(replace(config, max_events=2)))
+    spans = [_span(f"00000000000000e{i}", **{"gen_ai.request.model": "m"}) for i in range(3)]
+    r = await client.post("/v1/traces", json=_export_with(spans), headers=AUTH)
+    assert r.status == 413
+    assert "3 spans in one export, more than the limit of 2" in (await r.json())["error"]
+    r = await client.post("/v1/traces", json=_export_with(spans[:2]), headers=AUTH)
+    assert r.status == 200
