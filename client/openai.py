@@ -29,6 +29,7 @@ import functools
 import inspect
 from typing import Any, Callable
 
+from client._core import log
 from client.tracking import Request
 
 PROVIDER = "openai"
@@ -39,7 +40,8 @@ def instrument(openai_client: Any, metrics: Any, *, session_id: str | Callable[[
                provider: str = PROVIDER) -> Any:
     """Wrap `openai_client.chat.completions.create` in place and return the client.
 
-    `metrics` is a `MetricsClient` or `AsyncMetricsClient` (anything with `track`).
+    `metrics` is a `MetricsClient` or `AsyncMetricsClient` (anything with `emit`). A failure to
+    record (say, a closed metrics client) is logged and never raised into the call.
     `session_id` is a string or a function called at each request (e.g. reading a contextvar).
     Works for `OpenAI` and `AsyncOpenAI` (detected from `create` being a coroutine function).
     """
@@ -48,10 +50,12 @@ def instrument(openai_client: Any, metrics: Any, *, session_id: str | Callable[[
     if getattr(original, "__llm_metrics__", False):
         return openai_client  # already instrumented
 
+    emit = _never_raise(metrics.emit)
+
     def begin(kwargs: dict) -> tuple[Request, bool]:
         sid = session_id() if callable(session_id) else session_id
-        req = metrics.track(sid, str(kwargs.get("model", "")), user_id=user_id, tags=tags,
-                            provider=provider)
+        req = Request(emit, sid, str(kwargs.get("model", "")), user_id=user_id, tags=tags,
+                      provider=provider)
         added_usage = False
         if kwargs.get("stream") and kwargs.get("stream_options") is None:
             kwargs["stream_options"] = {"include_usage": True}
@@ -91,6 +95,17 @@ def instrument(openai_client: Any, metrics: Any, *, session_id: str | Callable[[
     create.__llm_metrics__ = True
     completions.create = create
     return openai_client
+
+
+def _never_raise(emit):
+    """Metrics must not break the call they observe: a failing `emit` (a closed client) logs."""
+    def safe_emit(event: dict) -> None:
+        try:
+            emit(event)
+        except Exception as exc:
+            log.warning("llm-metrics: event for request %s not recorded: %s",
+                        event.get("request_id"), exc)
+    return safe_emit
 
 
 def _is_async(fn) -> bool:

@@ -136,3 +136,12 @@ async def test_async_openai_streaming_and_plain_calls(server, stub):
     assert terminal[2]["error_type"] == "RateLimitError"
     # Instrumenting twice does not double the events.
     assert instrument(llm, metrics, session_id=sid) is llm
+
+
+def test_a_closed_metrics_client_never_breaks_the_call(stub, caplog):
+    metrics = MetricsClient("http://127.0.0.1:9", SECRET)
+    metrics.close(timeout=0)
+    llm = sync_llm(stub, metrics, "s")
+    reply = llm.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert reply.choices[0].message.content == "".join(WORDS)
+    assert "not recorded" in caplog.text
