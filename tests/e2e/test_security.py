@@ -52,7 +52,7 @@ def server(tmp_path_factory):
 def strict(tmp_path_factory):
     """Rate limits on, short timeouts, small header limits."""
     db = tmp_path_factory.mktemp("strict") / "events.db"
-    with ServerProcess(db, LLM_METRICS_RATE_LIMIT="5", LLM_METRICS_RATE_BURST="5",
+    with ServerProcess(db, LLM_METRICS_RATE_LIMIT="2", LLM_METRICS_RATE_BURST="5",
                        LLM_METRICS_HEADER_TIMEOUT="1", LLM_METRICS_BODY_TIMEOUT="1",
                        LLM_METRICS_MAX_HEADERS="30", LLM_METRICS_MAX_HEADER_SIZE="2KiB",
                        **KEY_ENV) as server:
@@ -164,7 +164,7 @@ def test_rate_limit_is_per_key_and_answers_429_with_retry_after(strict):
     assert statuses[:5] == [200] * 5 and 429 in statuses, statuses
     limited = next(a for a in answers if a.status == 429)
     assert limited.headers["Retry-After"].isdigit()
-    assert "read key 2" in limited.body["error"] and "5 requests/s" in limited.body["error"]
+    assert "read key 2" in limited.body["error"] and "2 requests/s" in limited.body["error"]
     # Another key has its own budget; public routes have none.
     assert exchange(strict.url, "GET", "/events/metrics", key=READ_HASHED).status == 200
     assert all(exchange(strict.url, "GET", "/health").status == 200 for _ in range(10))
