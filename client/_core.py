@@ -36,6 +36,26 @@ def encode(batch: list[dict]) -> bytes:
     return json.dumps(batch, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def serialisable(batch: list[dict], stats: "Stats") -> list[dict]:
+    """`batch` without the events JSON cannot encode (a `datetime` left in a field, say): those
+    are dropped, counted as rejected and logged, instead of stopping the flusher."""
+    try:
+        encode(batch)
+        return batch
+    except (TypeError, ValueError):
+        pass
+    kept = []
+    for event in batch:
+        try:
+            encode([event])
+            kept.append(event)
+        except (TypeError, ValueError) as exc:
+            stats.rejected += 1
+            log.error("llm-metrics: dropped an event that is not JSON-serialisable (%s): %.200r",
+                      exc, event)
+    return kept
+
+
 @dataclass
 class Stats:
     """Counters of a client's life; `dropped` is what the memory bound cost."""

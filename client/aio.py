@@ -13,7 +13,7 @@ import contextlib
 import aiohttp
 
 from client._core import (HEADER, Backoff, Buffer, Drop, Retry, Sent, Stats, encode, log,
-                          outcome)
+                          outcome, serialisable)
 from client.tracking import Request
 
 
@@ -73,12 +73,14 @@ class AsyncMetricsClient:
             return True
         self._flush_requested = True
         self._wakeup.set()
+        idle = asyncio.ensure_future(self._idle.wait())
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+            # Also return if the flusher task ended (cancelled): nothing would ever be sent.
+            await asyncio.wait({idle, self._task}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            return self._idle.is_set() and not len(self._buffer)
         finally:
+            idle.cancel()
             self._flush_requested = False
 
     async def close(self, timeout: float = 10.0) -> bool:
@@ -131,12 +133,16 @@ class AsyncMetricsClient:
             oldest_at = loop.time() if len(self._buffer) else None
             try:
                 batch_size = await self._deliver(batch, batch_size)
+            except Exception:  # a bug must not stop the flusher for the rest of the program
+                log.exception("llm-metrics: lost a batch of %d events", len(batch))
+                self.stats.dropped += len(batch)
             finally:
                 self._in_flight = 0
 
     async def _deliver(self, batch: list[dict], batch_size: int) -> int:
         """Send until the batch is delivered or refused; returns the batch size to use next."""
         attempt = 0
+        batch = serialisable(batch, self.stats)
         try:
             while batch:
                 result = await self._post(batch)

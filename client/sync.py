@@ -15,7 +15,7 @@ import urllib.request
 import weakref
 
 from client._core import (HEADER, Backoff, Buffer, Drop, Retry, Sent, Stats, encode, log,
-                          outcome)
+                          outcome, serialisable)
 from client.tracking import Request
 
 
@@ -119,7 +119,11 @@ class MetricsClient:
                 batch = self._buffer.take(batch_size)
                 self._oldest_at = time.monotonic() if len(self._buffer) else None
                 self._in_flight = len(batch)
-            batch_size = self._deliver(batch, batch_size)
+            try:
+                batch_size = self._deliver(batch, batch_size)
+            except Exception:  # a bug must not stop the flusher for the rest of the program
+                log.exception("llm-metrics: lost a batch of %d events", len(batch))
+                self.stats.dropped += len(batch)
             with self._cond:
                 self._in_flight = 0
                 self._cond.notify_all()
@@ -138,6 +142,7 @@ class MetricsClient:
     def _deliver(self, batch: list[dict], batch_size: int) -> int:
         """Send until the batch is delivered or refused; returns the batch size to use next."""
         attempt = 0
+        batch = serialisable(batch, self.stats)
         while batch:
             result = self._post(batch)
             if isinstance(result, Sent):

@@ -206,3 +206,26 @@ def test_a_batch_too_large_for_the_service_is_split(server):
         assert (metrics.stats.sent, metrics.stats.rejected) == (4, 0)
         metrics.close()
     assert len(of_session(server, s)) == 4
+
+
+async def test_unserialisable_events_are_dropped_not_fatal(server, caplog):
+    import datetime
+
+    s = sid()
+    for flavour in (MetricsClient, AsyncMetricsClient):
+        metrics = flavour(server.url, SECRET)
+        metrics.emit({"type": "LLM_REQUEST_STARTED", "session_id": s, "model": "m",
+                      "request_id": f"{flavour.__name__}-bad",
+                      "timestamp": datetime.datetime.now()})  # not JSON
+        metrics.emit({"type": "LLM_REQUEST_STARTED", "session_id": s, "model": "m",
+                      "request_id": f"{flavour.__name__}-ok", "timestamp": now()})
+        if flavour is MetricsClient:
+            assert metrics.flush(10)
+            metrics.close()
+        else:
+            assert await metrics.flush(10)
+            await metrics.close()
+        assert (metrics.stats.rejected, metrics.stats.sent) == (1, 1)
+    assert "not JSON-serialisable" in caplog.text
+    assert sorted(e["request_id"] for e in of_session(server, s)) == [
+        "AsyncMetricsClient-ok", "MetricsClient-ok"]
