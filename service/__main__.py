@@ -16,7 +16,7 @@ from events.store import StoreError
 from projections.prices import PriceError
 from projections.replay import UndecodableLog, write_snapshot
 from service import cli
-from service.app import create_app, load_read_models, open_store
+from service.app import create_app, freeze_heap, load_read_models, open_store
 from service.auth import AccessLogger, is_default_secret
 from service.config import DEFAULT_SECRET, Config, ConfigError, add_arguments, from_args
 from service.progress import Progress
@@ -43,9 +43,11 @@ def serve(config: Config) -> int:
             return 2
         log.warning("LLM_METRICS_SECRET is the default %r: fine on a laptop, set your own "
                     "before anyone else can reach this port", DEFAULT_SECRET)
+    app = create_app(config)
+    app.on_startup.append(freeze_heap)  # after create_app's contexts: once the models are built
     try:
         web.run_app(
-            create_app(config),
+            app,
             host=config.host,
             port=config.port,
             access_log=log if config.access_log else None,
