@@ -34,6 +34,7 @@ from events.schema import WireEvent
 from events.store import NewEvent, Rejected
 from service import ingest, keys
 from service.problems import ApiError
+from service.writer import Writer
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -79,7 +80,7 @@ class SpanRejection(NamedTuple):
     reason: str
 
 
-class Mapping(NamedTuple):
+class ExportMapping(NamedTuple):
     """What an export request maps to."""
 
     mapped: list[MappedSpan]
@@ -196,7 +197,7 @@ def is_genai(attributes: dict[str, Any]) -> bool:
     return "gen_ai.operation.name" in attributes or "gen_ai.request.model" in attributes
 
 
-def map_request(request: ExportTraceServiceRequest) -> Mapping:
+def map_request(request: ExportTraceServiceRequest) -> ExportMapping:
     """The wire events of every GenAI span of an export; other spans are only counted.
 
     `execute_tool` spans are not LLM requests: each one counts as a tool call of its parent
@@ -230,7 +231,7 @@ def map_request(request: ExportTraceServiceRequest) -> Mapping:
             rejected.append(SpanRejection(ref, str(exc)))
             continue
         mapped.append(MappedSpan(ref, events))
-    return Mapping(mapped, rejected, ignored, tools)
+    return ExportMapping(mapped, rejected, ignored, tools)
 
 
 class SpanError(ValueError):
@@ -371,8 +372,9 @@ def _time(unix_nano: int):
 
 # ---- the endpoint ----------------------------------------------------------------------------
 
-async def ingest_spans(writer, mapping: Mapping) -> tuple[int, int, list[SpanRejection]]:
-    """Prepare and append the mapped spans; returns (appended events, duplicates, rejections).
+async def ingest_spans(writer: Writer, mapping: ExportMapping
+                       ) -> tuple[int, list[SpanRejection]]:
+    """Prepare and append the mapped spans; returns (spans stored or already stored, rejections).
 
     A span whose events fail `ingest.prepare` or conflict with the log is rejected alone, so
     one bad span does not cost the rest of the export (OTLP's partial success).
@@ -383,22 +385,27 @@ async def ingest_spans(writer, mapping: Mapping) -> tuple[int, int, list[SpanRej
         try:
             batches.append((span.span_ref, ingest.prepare(span.events)))
         except ApiError as exc:
-            first = exc.details[0] if exc.details else None
-            reason = f"{first.path.removeprefix('$.')}: {first.message}" if first else exc.message
-            rejected.append(SpanRejection(span.span_ref, reason))
-    appended = duplicates = 0
+            rejected.append(SpanRejection(span.span_ref, _prepare_reason(exc)))
     while batches:
         flat = [event for _, events in batches for event in events]
         owner = [i for i, (_, events) in enumerate(batches) for _ in events]
         result = await writer.submit(flat)
         if not isinstance(result, Rejected):
-            appended, duplicates = result.appended, result.duplicates
             break
         # Conflicts reject the whole batch: drop the spans that conflict and try the rest.
         bad = {owner[issue.index]: issue.message for issue in result.details}
         rejected.extend(SpanRejection(batches[i][0], message) for i, message in bad.items())
         batches = [b for i, b in enumerate(batches) if i not in bad]
-    return appended, duplicates, rejected
+    return len(batches), rejected
+
+
+def _prepare_reason(exc: ApiError) -> str:
+    """`ingest.prepare`'s first issue, naming the span attribute rather than the event field."""
+    if not exc.details:
+        return exc.message
+    first = exc.details[0]
+    field = first.path.removeprefix("$.")
+    return f"{_ATTRIBUTE_OF.get(field, field)}: {first.message}"
 
 
 def encode_response(rejected: list[SpanRejection], ignored: int, content_type: str
@@ -436,10 +443,10 @@ async def post_traces(request: web.Request) -> web.Response:
                             "(LLM_METRICS_MAX_EVENTS): lower the batch processor's "
                             "max_export_batch_size")
     mapping = map_request(export)
-    _, duplicates, rejected = await ingest_spans(request.app[keys.WRITER], mapping)
+    stored, rejected = await ingest_spans(request.app[keys.WRITER], mapping)
     counts = request.app[keys.OTLP_SPANS]
-    counts["ignored"] += mapping.ignored
-    counts["tool"] += mapping.tools
+    counts["mapped"] += stored
     counts["rejected"] += len(rejected)
-    counts["mapped"] += len(mapping.mapped) + len(mapping.rejected) - len(rejected)
+    counts["tool"] += mapping.tools
+    counts["ignored"] += mapping.ignored
     return encode_response(rejected, mapping.ignored, content_type)

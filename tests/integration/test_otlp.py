@@ -264,3 +264,17 @@ async def test_an_export_over_the_events_limit_is_refused_whole(aiohttp_client, 
     assert "3 spans in one export, more than the limit of 2" in (await r.json())["error"]
     r = await client.post("/v1/traces", json=_export_with(spans[:2]), headers=AUTH)
     assert r.status == 200
+
+
+async def test_rules_beyond_the_schema_reject_the_span_naming_its_attribute(client):
+    slow_first_token = _span("00000000000000f1", **{"gen_ai.request.model": "m"})
+    slow_first_token["attributes"].append(
+        {"key": "gen_ai.response.time_to_first_chunk", "value": {"doubleValue": 5.0}})
+    fine = _span("00000000000000f2", **{"gen_ai.request.model": "m"})
+    r = await client.post("/v1/traces", json=_export_with([slow_first_token, fine]),
+                          headers=AUTH)
+    partial = (await r.json())["partialSuccess"]
+    assert partial["rejectedSpans"] == 1
+    assert "00000000000000f1: gen_ai.response.time_to_first_chunk: time_to_first_token_ms " \
+           "cannot exceed duration_ms" in partial["errorMessage"]
+    assert client.app[keys.OTLP_SPANS]["mapped"] == 1
