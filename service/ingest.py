@@ -100,6 +100,10 @@ def _inconsistency(record: Record, latest_us: int) -> tuple[str, str] | None:
     if record.timestamp_us > latest_us:
         return "$.timestamp", "timestamp is more than a day in the future"
     if type(record) is Completed:
+        # The default total (prompt + completion) can pass 2^63 - 1, which the read models'
+        # 64-bit arrays cannot hold: stored but unfoldable, it would stop every later startup.
+        if record.total_tokens > 2**63 - 1:
+            return "$.completion_tokens", "prompt_tokens + completion_tokens is more than 2^63 - 1"
         if record.cached_prompt_tokens > record.prompt_tokens:
             return "$.cached_prompt_tokens", "cached_prompt_tokens is part of prompt_tokens and " \
                                              "cannot exceed it"

@@ -83,6 +83,8 @@ INVALID_EVENTS = [
     ("tokens 2^63", f.completed(prompt_tokens=2**63), "$.prompt_tokens"),
     ("tokens 2^64", f.completed(completion_tokens=2**64), "$.completion_tokens"),
     ("tokens 10^30", f.completed(total_tokens=10**30), "$.total_tokens"),
+    ("prompt + completion beyond 2^63", f.completed(prompt_tokens=2**63 - 1, completion_tokens=1),
+     "$.completion_tokens"),
     ("negative tokens", f.completed(prompt_tokens=-1), "$.prompt_tokens"),
     ("fractional tokens", f.completed(completion_tokens=2.5), "$.completion_tokens"),
     ("integral float tokens", f.completed(prompt_tokens=3.0), "$.prompt_tokens"),
