@@ -62,7 +62,8 @@ class MetricsClient:
             if self._oldest_at is None:
                 self._oldest_at = time.monotonic()
             self._buffer.add(event)
-            if len(self._buffer) >= self.batch_size:
+            if len(self._buffer) >= self.batch_size or len(self._buffer) == 1:
+                # The first event starts the interval clock; a full batch goes now.
                 self._cond.notify_all()
 
     def track(self, session_id: str, model: str, **options) -> Request:

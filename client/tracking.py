@@ -32,9 +32,8 @@ class Request:
         self.session_id = session_id
         self.model = model
         self.request_id = request_id or new_id()
-        self.common: dict[str, Any] = {k: v for k, v in
-                                       (("user_id", user_id), ("tags", tags), ("provider", provider))
-                                       if v}
+        optional = (("user_id", user_id), ("tags", tags), ("provider", provider))
+        self.common: dict[str, Any] = {k: v for k, v in optional if v}
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.total_tokens: int | None = None

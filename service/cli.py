@@ -56,7 +56,8 @@ def add_commands(commands) -> None:
     import_.add_argument("--batch", type=int, default=IMPORT_BATCH,
                          help=f"events per request (default {IMPORT_BATCH})")
     tail = commands.add_parser("tail", help="print the last events, then follow new ones")
-    tail.add_argument("-n", "--lines", type=int, default=10, help="events to show first (default 10)")
+    tail.add_argument("-n", "--lines", type=int, default=10,
+                      help="events to show first (default 10)")
     tail.add_argument("--json", action="store_true", help="print NDJSON wire events")
     tail.add_argument("--no-follow", action="store_true", help="print the last events and stop")
     for p in (stats, export, import_, tail):

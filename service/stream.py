@@ -166,7 +166,8 @@ class MetricsStream:
         complete = end - start <= MAX_ROWS_PER_UPDATE
         touched: dict[str, None] = {}
         if complete:
-            for _position, _event_id, payload, _recorded_at in await self._store.read(start, end - start):
+            rows = await self._store.read(start, end - start)
+            for _position, _event_id, payload, _recorded_at in rows:
                 try:
                     touched[decode(payload).session_id] = None
                 except UndecodableEvent:

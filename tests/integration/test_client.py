@@ -90,6 +90,19 @@ def test_batches_by_size_and_by_time(server):
     assert session(server, s)["in_flight_requests"] == 120
 
 
+def test_a_lone_event_leaves_after_the_interval_without_flush(server):
+    s = sid()
+    metrics = MetricsClient(server.url, SECRET, flush_interval=0.2)
+    time.sleep(0.3)  # the flusher is idle, waiting for work
+    metrics.emit({"type": "LLM_REQUEST_STARTED", "session_id": s, "request_id": "r",
+                  "model": "m", "timestamp": now()})
+    deadline = time.monotonic() + 5
+    while metrics.stats.sent < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert metrics.stats.sent == 1
+    metrics.close()
+
+
 def test_retries_5xx_429_and_lost_replies_without_double_counting(server):
     s = sid()
     # 503, 429, then the service commits but the reply is lost (502), then all is well.
