@@ -105,8 +105,9 @@ OTLP_REQUEST = Raw({
     "description": "An OTLP `ExportTraceServiceRequest` in the OTLP/JSON encoding (ids in hex).",
     "properties": {"resourceSpans": {"type": "array", "items": {"type": "object"}}},
 })
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_TEXT = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+# Versions are negotiated from the Accept header (prometheus_client's choose_encoder).
+PROMETHEUS_TEXT = "text/plain"
+OPENMETRICS_TEXT = "application/openmetrics-text"
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/health"): Operation(
