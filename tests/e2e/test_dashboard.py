@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -52,7 +53,10 @@ def traffic(sessions: int, seed: int = 7) -> list[dict]:
                 events.append({**completed(sid, f"r{r}", model, duration_ms=round(duration, 1),
                                            prompt_tokens=rng.randint(200, 3000),
                                            completion_tokens=rng.randint(50, 900),
-                                           has_tool_calls=rng.random() < 0.3), "timestamp": t1})
+                                           has_tool_calls=rng.random() < 0.3,
+                                           time_to_first_token_ms=round(
+                                               duration * rng.uniform(0.1, 0.4), 1)),
+                               "timestamp": t1})
     return events
 
 
@@ -89,6 +93,7 @@ def test_dashboard_logs_in_and_updates_live(browser, tmp_path):
         expect(page.locator("#status")).to_have_text("live")
         expect(page.locator("#total-requests")).to_have_text(f"{before['total_requests']:,}")
         expect(page.locator("#total-sessions")).to_have_text("24")
+        expect(page.locator("#ttft")).to_have_text(re.compile(r"^[\d,]+ ms$"))
         expect(page.locator("#model-bars rect[data-model]")).to_have_count(len(MODELS))
         expect(page.locator("#latency-hist rect.hist").first).to_be_attached()
         expect(page.locator("#timeseries rect.series").first).to_be_attached()
@@ -104,7 +109,7 @@ def test_dashboard_logs_in_and_updates_live(browser, tmp_path):
         post(server, [
             {**started("live-session", "a", "mistral-large"), "timestamp": now},
             {**completed("live-session", "a", "mistral-large", duration_ms=60_000,
-                         prompt_tokens=50_000, completion_tokens=40_000), "timestamp": now},
+                         prompt_tokens=16_000, completion_tokens=9_000), "timestamp": now},
             {**started("live-session", "b", "mistral-large"), "timestamp": now},
             {**failed("live-session", "b", "mistral-large", error_type="Timeout"),
              "timestamp": now},
