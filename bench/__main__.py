@@ -1,6 +1,6 @@
 """`make bench`: every figure, each next to its ceiling measured in the same run.
 
-    python -m bench [--smoke] [--only NAME ...]
+    python -m bench [--smoke] [--only NAME ...] [--profile DIR]
 
 Writes `bench/results.json` and `bench/results.md` (the markdown table, also printed).
 `--smoke` runs tiny sizes (the test suite does this) and writes nothing unless `--out` is given.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench import (disk, ingest_batch, ingest_single, memory, pg_ingest_batch,
+from bench import (common, disk, ingest_batch, ingest_single, memory, pg_ingest_batch,
                    pg_ingest_single, pg_lag, pg_replay, reads, replay, startup)
 from bench.common import FULL, SMOKE, Figure, machine
 
@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for results.json and results.md (default: bench/, "
                              "or nowhere with --smoke)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="record a py-spy flame graph of each measured process into DIR")
     args = parser.parse_args(argv)
+    common.PROFILE_DIR = args.profile
     sizes = SMOKE if args.smoke else FULL
     out = args.out or (None if args.smoke else HERE)
     started = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import platform
 import resource
 import subprocess
@@ -98,13 +99,24 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def python(*args: str, timeout: float = 300) -> bytes:
-    """Run `python ARGS` from the repository root in a child process; its stdout."""
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
-                          timeout=timeout)
+def python(*args: str, timeout: float = 600, profile_as: str | None = None) -> bytes:
+    """Run `python ARGS` from the repository root in a child process; the last line of its
+    stdout (py-spy's own lines left out). With `profile_as` and `--profile`, under py-spy."""
+    command = [sys.executable, *args]
+    if profile_as is not None and PROFILE_DIR is not None:
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        command = [_py_spy(), "record", "--rate", "200", "--output",
+                   str(PROFILE_DIR / f"{profile_as}.svg"), "--", *command]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr.decode(errors='replace')}")
-    return done.stdout
+    lines = [line for line in done.stdout.splitlines()
+             if line.strip() and not line.startswith(b"py-spy>")]
+    return lines[-1] if lines else b""
+
+
+def _py_spy() -> str:
+    return str(Path(sys.executable).with_name("py-spy"))
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0,
@@ -137,11 +149,33 @@ def bare_server():
         proc.wait(10)
 
 
+# Set by `python -m bench --profile DIR`: flame graphs of the measured processes go there.
+PROFILE_DIR: Path | None = None
+
+
 @contextmanager
-def service(db: str | Path, **env: str):
+def profiled(pid: int, name: str):
+    """Record a py-spy flame graph of process `pid` to PROFILE_DIR/name.svg, when profiling."""
+    if PROFILE_DIR is None:
+        yield
+        return
+    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [_py_spy(), "record", "--pid", str(pid), "--rate",
+         "200", "--output", str(PROFILE_DIR / f"{name}.svg")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes the graph when interrupted
+        spy.wait(60)
+
+
+@contextmanager
+def service(db: str | Path, profile_as: str = "service", **env: str):
     """The real service (`python -m service serve`) on `db`; yields the ServerProcess."""
     server = ServerProcess(db, **env)
-    with server:
+    with server, profiled(server.proc.pid, profile_as):
         yield server
 
 

@@ -45,13 +45,15 @@ def session_id(n: int) -> str:
     return f"{n:08x}-5e55-4000-8000-{n * 2654435761 % 2**48:012x}"
 
 
-def wire_events(events: int, sessions: int, seed: int = 7):
-    """Yield `events` wire events (dicts) over `sessions` sessions, deterministic for a seed."""
+def wire_events(events: int, sessions: int, seed: int = 7, first_session: int = 0):
+    """Yield `events` wire events (dicts) over `sessions` sessions numbered from
+    `first_session`, deterministic for a seed."""
     rng = random.Random(seed)
     per_session = max(1, events // (2 * sessions))
     emitted = 0
-    for first in range(0, sessions, BLOCK):
-        block = range(first, min(first + BLOCK, sessions))
+    end = first_session + sessions
+    for first in range(first_session, end, BLOCK):
+        block = range(first, min(first + BLOCK, end))
         starts = {n: BASE_US + rng.randrange(30 * 86_400) * 1_000_000 for n in block}
         models = {n: MODELS[rng.randrange(len(MODELS))] for n in block}
         for r in range(per_session):
@@ -75,10 +77,10 @@ def wire_events(events: int, sessions: int, seed: int = 7):
                 emitted += 2
 
 
-def batches(events: int, sessions: int, size: int):
+def batches(events: int, sessions: int, size: int, first_session: int = 0):
     """The generated events as JSON array bodies of `size` events (what a client would post)."""
     batch = []
-    for event in wire_events(events, sessions):
+    for event in wire_events(events, sessions, first_session=first_session):
         batch.append(event)
         if len(batch) == size:
             yield _json.encode(batch)
@@ -87,12 +89,13 @@ def batches(events: int, sessions: int, size: int):
         yield _json.encode(batch)
 
 
-async def write_log(path: Path, events: int, sessions: int) -> None:
-    """Write a fresh log at `path` through the real ingest and store code."""
+async def write_log(path: Path, events: int, sessions: int, first_session: int = 0) -> None:
+    """Append generated events to the log at `path` (created if missing) through the real
+    ingest and store code."""
     store = await SQLiteStore.open(path)
     try:
         await store.migrate()
-        for body in batches(events, sessions, APPEND_BATCH):
+        for body in batches(events, sessions, APPEND_BATCH, first_session):
             await store.append([parse_body(body, "application/json")])
     finally:
         await store.close()
@@ -117,32 +120,3 @@ def copy_log(source: Path, target: Path) -> Path:
     """A private copy of a cached log, for benchmarks that write to it."""
     shutil.copyfile(source, target)
     return target
-
-
-class _Prefix:
-    """The store as it was at `position`: for writing a snapshot with a tail after it."""
-
-    def __init__(self, store: SQLiteStore, position: int):
-        self._store = store
-        self._position = position
-
-    async def read(self, after: int, limit: int):
-        rows = await self._store.read(after, min(limit, max(0, self._position - after)))
-        return [row for row in rows if row[0] <= self._position]
-
-    async def last_position(self) -> int:
-        return min(self._position, await self._store.last_position())
-
-
-async def write_snapshot_at(log: Path, position: int, target: Path) -> None:
-    """Write the service's own snapshot of `log` as of `position` to `target`."""
-    from projections.replay import ReadModels, replay, write_snapshot
-
-    store = await SQLiteStore.open(log)
-    try:
-        prefix = _Prefix(store, position)
-        models = ReadModels()
-        await replay(prefix, models)
-        await write_snapshot(target, models, prefix)
-    finally:
-        await store.close()

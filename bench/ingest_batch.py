@@ -55,7 +55,7 @@ def run(sizes: Sizes = FULL) -> list[Figure]:
     for leftover in work.glob(db.name + "*"):
         leftover.unlink()
     requests = [Request("POST", "/events", "application/json", body) for body in bodies]
-    with service(db, LLM_METRICS_SNAPSHOT_EVERY="0") as server:
+    with service(db, "ingest_batch", LLM_METRICS_SNAPSHOT_EVERY="0") as server:
         report = load(server.port, requests, sizes.batch_clients)
         status, health = server.request("GET", "/health")
     if report.statuses != {"201": len(bodies)} or health["position"] != sizes.batch_events:

@@ -35,7 +35,7 @@ def run(sizes: Sizes = FULL) -> list[Figure]:
     reqs = requests(sizes)
     with bare_server() as port:
         bare = load(port, reqs, sizes.connections, sizes.seconds, sizes.warmup)
-    with service(db, LLM_METRICS_SNAPSHOT_EVERY="0") as server:
+    with service(db, "ingest_single", LLM_METRICS_SNAPSHOT_EVERY="0") as server:
         report = load(server.port, reqs, sizes.connections, sizes.seconds, sizes.warmup)
     for leftover in work.glob(db.name + "*"):
         leftover.unlink()

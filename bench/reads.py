@@ -7,13 +7,13 @@ handler returning a fixed body of about the same size (`bench.bare_server`), sam
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 from bench import dataset
 from bench.common import (FULL, Figure, Sizes, bare_server, load, main_for, ratio, scratch,
                           service)
 from bench.loadgen import Request
+from bench.replay import service_replay
 
 TARGET_RATIO = 0.7
 TARGET_P99_MS = 5.0
@@ -25,13 +25,13 @@ def run(sizes: Sizes = FULL) -> list[Figure]:
     work = scratch()
     db = dataset.copy_log(log, work / "reads.db")
     snapshot = work / "reads.snapshot"
-    asyncio.run(dataset.write_snapshot_at(db, sizes.events, snapshot))
+    snapshot.write_bytes(service_replay(log)[1])  # the replay figure's: starts in seconds
     rng = random.Random(3)
     reqs = [Request("GET", f"/events/metrics/session/{dataset.session_id(rng.randrange(sizes.sessions))}")
             for _ in range(PATHS)]
     with bare_server() as port:
         bare = load(port, reqs, sizes.connections, sizes.seconds, sizes.warmup, cycle=True)
-    with service(db, LLM_METRICS_SNAPSHOT=str(snapshot), LLM_METRICS_SNAPSHOT_EVERY="0") as server:
+    with service(db, "reads", LLM_METRICS_SNAPSHOT=str(snapshot), LLM_METRICS_SNAPSHOT_EVERY="0") as server:
         report = load(server.port, reqs, sizes.connections, sizes.seconds, sizes.warmup,
                       cycle=True)
     for path in work.glob("reads.*"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -18,6 +17,7 @@ import time
 
 from bench import dataset
 from bench.common import FULL, ROOT, Figure, Sizes, free_port, main_for, ratio, scratch, wait_healthy
+from bench.replay import service_replay
 
 TARGET_S = 1.0
 
@@ -35,10 +35,12 @@ def _time_to_health(command: list[str], env: dict[str, str], port: int, log) -> 
 
 def run(sizes: Sizes = FULL) -> list[Figure]:
     log = dataset.cached_log(sizes.events, sizes.sessions)
+    _, saved = service_replay(log)  # the snapshot at the end of the log
     work = scratch()
     db = dataset.copy_log(log, work / "startup.db")
-    saved = work / "startup.snapshot.saved"
-    asyncio.run(dataset.write_snapshot_at(db, sizes.events - sizes.startup_tail, saved))
+    # The log grew after the snapshot: new sessions, written as the service writes them.
+    asyncio.run(dataset.write_log(db, sizes.startup_tail, max(1, sizes.startup_tail // 10),
+                                  first_session=sizes.sessions))
     snapshot = work / "startup.snapshot"
     output = work / "startup.log"
     service, bare = [], []
@@ -47,7 +49,7 @@ def run(sizes: Sizes = FULL) -> list[Figure]:
         # setup.cfg, lets `make` reinstall the package.
         for run_index in range(sizes.startup_runs + 1):
             # The service rewrites its snapshot at shutdown: put the one with a tail back.
-            shutil.copyfile(saved, snapshot)
+            snapshot.write_bytes(saved)
             port = free_port()
             env = {"LLM_METRICS_DB": str(db), "LLM_METRICS_SNAPSHOT": str(snapshot),
                    "LLM_METRICS_PORT": str(port), "LLM_METRICS_SNAPSHOT_EVERY": "0"}
@@ -59,9 +61,9 @@ def run(sizes: Sizes = FULL) -> list[Figure]:
                 service.append(service_s)
                 bare.append(bare_s)
     text = output.read_text(errors="replace")
-    if f"loaded snapshot at position {sizes.events - sizes.startup_tail}" not in text:
+    if f"loaded snapshot at position {sizes.events}" not in text:
         raise RuntimeError(f"the service did not use the snapshot:\n{text[-3000:]}")
-    for path in (db, saved, snapshot):
+    for path in (db, snapshot):
         path.unlink(missing_ok=True)
     value, ceiling = statistics.median(service), statistics.median(bare)
     return [Figure(
