@@ -12,8 +12,11 @@ batches, and reads of one session, the global totals and a page of sessions, ove
 set of sessions so the read models reach a steady size. The server's RSS is sampled every
 second from /proc.
 
-Passes when, after the warm-up, RSS grows less than 10%, the p99 of the second half of the
-run is within 1.5x (+2 ms) of the first half's, and every request succeeded.
+Passes when, after the warm-up, RSS grows less than 10%, the p99 trend (a robust straight line
+through the p99 of every 5 s) ends within 1.5x (+5 ms) of where it starts, every request
+succeeded, and the server kept up (the last answer came less than 2 s after the end of the
+schedule). On a machine shared with
+other work the measured rate is noisy; `--rate` fixes it instead.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from tests.server import SECRET, ServerProcess
 SESSIONS = 1000
 CONNECTIONS = 16
 BATCH = 10  # started + completed pairs, so 20 events
-WINDOW_S = 10.0
+WINDOW_S = 10.0  # the table's windows
+TREND_S = 5.0  # the windows the p99 trend is fitted to
 MIX = [("post one", 0.5), ("post batch", 0.1), ("get session", 0.25), ("get global", 0.1),
        ("get sessions", 0.05)]
 
@@ -213,9 +217,10 @@ def report(samples: list[Sample], rss: list[tuple[float, int]], seconds: float, 
     if bad:
         statuses = sorted({s.status for s in bad})
         failures.append(f"{len(bad)} requests failed (statuses {statuses})")
-    if len(samples) < 0.9 * rate * seconds:
-        failures.append(f"only {len(samples):,} requests were answered of "
-                        f"{rate * seconds:,.0f} scheduled: the server cannot keep up with this rate")
+    behind = max((s.at + s.latency_ms / 1000 for s in samples), default=0) - seconds
+    if behind > 2:
+        failures.append(f"the last answers came {behind:.1f} s after the end of the schedule: the "
+                        "server did not keep up with this rate (a busy machine? try --rate)")
     after = [kib for t, kib in rss if t >= warmup]
     if after:
         growth = after[-1] / after[0] - 1
@@ -223,14 +228,31 @@ def report(samples: list[Sample], rss: list[tuple[float, int]], seconds: float, 
               f"({growth:+.1%}; limit +10%)")
         if growth >= 0.10:
             failures.append(f"RSS grew {growth:.1%} after warm-up")
-    measured = [s for s in samples if s.at >= warmup]
-    half = warmup + (seconds - warmup) / 2
-    first = percentile([s.latency_ms for s in measured if s.at < half], .99)
-    second = percentile([s.latency_ms for s in measured if s.at >= half], .99)
-    print(f"p99 first half {first:.1f} ms, second half {second:.1f} ms (limit 1.5x + 2 ms)")
-    if second > 1.5 * first + 2:
-        failures.append(f"p99 drifted from {first:.1f} ms to {second:.1f} ms")
+    first, last = p99_trend(samples, warmup, seconds)
+    print(f"p99 trend after warm-up: {first:.1f} ms -> {last:.1f} ms (limit 1.5x + 5 ms)")
+    if last > 1.5 * first + 5:
+        failures.append(f"p99 drifted from {first:.1f} ms to {last:.1f} ms")
     return failures
+
+
+def p99_trend(samples: list[Sample], warmup: float, seconds: float) -> tuple[float, float]:
+    """The p99 at the start and at the end of the measured part, from a straight line through
+    the p99 of every TREND_S window. Theil-Sen (the median of the slopes between every pair of
+    windows): a few windows hit by a neighbour's CPU burst do not make a trend."""
+    points = []
+    lo = warmup
+    while lo + TREND_S <= seconds:
+        lat = [s.latency_ms for s in samples if lo <= s.at < lo + TREND_S]
+        if lat:
+            points.append((lo + TREND_S / 2, percentile(lat, .99)))
+        lo += TREND_S
+    if len(points) < 2:
+        return (points[0][1], points[0][1]) if points else (0.0, 0.0)
+    slopes = sorted((y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points)
+                    for x2, y2 in points[i + 1:])
+    slope = slopes[len(slopes) // 2]
+    intercept = sorted(y - slope * x for x, y in points)[len(points) // 2]
+    return intercept + slope * points[0][0], intercept + slope * points[-1][0]
 
 
 def main(argv: list[str] | None = None) -> int:
