@@ -151,7 +151,7 @@ SETTINGS = [
     Setting("max_events", "LLM_METRICS_MAX_EVENTS", int,
             "most events in one request (413 above it)"),
     Setting("max_header_size", "LLM_METRICS_MAX_HEADER_SIZE", _size,
-            "longest request line or header field, in bytes (431/400 above it)"),
+            "longest request line or header field, in bytes (400 above it)"),
     Setting("max_headers", "LLM_METRICS_MAX_HEADERS", int, "most header fields in one request"),
     Setting("header_timeout", "LLM_METRICS_HEADER_TIMEOUT", _seconds,
             "seconds a connection may take to send a request's headers, and may stay idle "
