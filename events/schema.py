@@ -62,7 +62,8 @@ class LlmRequestCompleted(_WireEvent, tag="LLM_REQUEST_COMPLETED"):
     cached_prompt_tokens: Count | None = None
     reasoning_tokens: Count | None = None
     finish_reason: Label | None = None
-    cost_usd: Annotated[float, Meta(ge=0)] | None = None
+    # Bounded so a cost folds into 64-bit pico-dollars; no single request costs a million.
+    cost_usd: Annotated[float, Meta(ge=0, le=1e6)] | None = None
 
 
 class LlmRequestFailed(_WireEvent, tag="LLM_REQUEST_FAILED"):

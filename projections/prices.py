@@ -94,26 +94,19 @@ def default_prices() -> PriceTable:
     return PriceTable.from_json(resources.files("projections").joinpath("prices.json").read_bytes())
 
 
-def request_cost(record, price: Price | None) -> tuple[int, int]:
-    """(prompt, completion) cost of a completed request, in pico-dollars.
-
-    A `cost_usd` given by the caller wins over the table; it is split between prompt and
-    completion in the proportion the table would have charged, or by token counts when the
-    table does not know the model.
-    """
+def caller_cost_split(record, price: Price | None) -> tuple[int, int]:
+    """A caller-given `cost_usd` in pico-dollars, split between prompt and completion in the
+    proportion the table would have charged, or by token counts when it does not know the
+    model."""
     prompt, completion, cached = record.prompt_tokens, record.completion_tokens, \
         record.cached_prompt_tokens
-    if price is not None:
-        prompt_p = (prompt - cached) * price.input + cached * price.cached_input
-        completion_p = completion * price.output
-    else:
-        prompt_p = completion_p = 0
-    if record.cost_usd is None:
-        return prompt_p, completion_p
     total = round(record.cost_usd * PICO)
-    if prompt_p + completion_p:
-        share, whole = prompt_p, prompt_p + completion_p
+    if price is not None:
+        share = (prompt - cached) * price.input + cached * price.cached_input
+        whole = share + completion * price.output
     else:
+        share = whole = 0
+    if not whole:
         share, whole = prompt, prompt + completion
     prompt_part = total * share // whole if whole else 0
     return prompt_part, total - prompt_part

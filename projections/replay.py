@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import os
 import time
+from array import array
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -39,7 +40,7 @@ class ReadModels:
     def __init__(self, prices: PriceTable | None = None) -> None:
         self.prices = prices if prices is not None else default_prices()
         self.metrics = MetricsProjection(self.prices)
-        self.timeseries = TimeseriesProjection(self.prices)
+        self.timeseries = TimeseriesProjection()
         self.prometheus = PrometheusProjection()
         self.projections = [self.metrics, self.timeseries, self.prometheus]
         self.position = 0
@@ -145,6 +146,29 @@ class _Snapshot(msgspec.Struct, array_like=True):
     projections: dict[str, _ProjectionSnapshot]
 
 
+def _enc_hook(value: object) -> object:
+    # Projections may keep compact `array`s of integers; they travel as their raw bytes.
+    if isinstance(value, array):
+        return value.tobytes()
+    raise NotImplementedError(f"cannot snapshot {type(value).__name__}")
+
+
+def _dec_hook(kind: type, value: object) -> object:
+    if kind is array and isinstance(value, bytes):
+        restored = array("q")
+        restored.frombytes(value)
+        return restored
+    raise NotImplementedError(f"cannot restore {kind.__name__} from a snapshot")
+
+
+_state_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+
+
+def decode_state(projection, raw: bytes):
+    """A projection's state from its snapshot bytes."""
+    return msgspec.msgpack.decode(raw, type=projection.state_type, dec_hook=_dec_hook)
+
+
 def encode_snapshot(models: ReadModels, event_id: str | None) -> bytes:
     """The snapshot file's bytes: magic, checksum, body. Runs on the loop (state must not move)."""
     body = msgspec.msgpack.encode(
@@ -153,7 +177,7 @@ def encode_snapshot(models: ReadModels, event_id: str | None) -> bytes:
             event_id,
             {
                 p.name: _ProjectionSnapshot(p.fingerprint,
-                                            msgspec.Raw(msgspec.msgpack.encode(p.state)))
+                                            msgspec.Raw(_state_encoder.encode(p.state)))
                 for p in models.projections
             },
         )
@@ -232,9 +256,7 @@ async def load_snapshot(path: str | Path, models: ReadModels, store: EventStore)
         if saved is None or saved.fingerprint != projection.fingerprint:
             raise SnapshotRefused(f"projection {projection.name!r} changed version or prices")
         try:
-            states[projection.name] = msgspec.msgpack.decode(
-                saved.state, type=projection.state_type
-            )
+            states[projection.name] = decode_state(projection, saved.state)
         except msgspec.MsgspecError as exc:
             raise SnapshotRefused(f"projection {projection.name!r}: {exc}") from exc
     if snap.position:

@@ -35,7 +35,9 @@ ZERO = -(2**31)
 
 
 class Sketch(msgspec.Struct, gc=False):
-    """Counts per bucket index. Add with `add(bucket_of(v))`, read with `quantile(q)`."""
+    """Counts per bucket index. Add with `add(bucket_of(v))`, read with `quantile(q)`.
+
+    Build it as `Sketch({}, 0)` on hot paths: a mutable default is copied slowly."""
 
     counts: dict[int, int] = {}
     n: int = 0
@@ -93,7 +95,7 @@ def value_of(bucket: int) -> float:
 
 
 def merged(sketches) -> Sketch:
-    out = Sketch()
+    out = Sketch({})
     for sketch in sketches:
         if sketch is not None:
             out.merge(sketch)

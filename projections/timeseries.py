@@ -13,7 +13,7 @@ import msgspec
 
 from events.codec import us_to_timestamp
 from events.records import Completed, Record, Started
-from projections.prices import PICO, PriceTable, request_cost
+from projections.prices import PICO, Price, PriceTable
 from projections.sketch import Sketch, bucket_of
 
 MINUTE_US = 60 * 1_000_000
@@ -31,7 +31,12 @@ class Cell(msgspec.Struct, gc=False):
     requests: int = 0
     failed: int = 0
     total_tokens: int = 0
-    cost_p: int = 0
+    # Tokens priced by the table when read (those of requests without a `cost_usd`)...
+    uncached_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    # ...and the costs callers gave.
+    caller_cost_p: int = 0
     durations: Sketch | None = None
 
 
@@ -56,36 +61,66 @@ class TimeseriesProjection:
     version = 1
     state_type = TimeseriesState
 
-    def __init__(self, prices: PriceTable, state: TimeseriesState | None = None):
-        self.prices = prices
+    def __init__(self, state: TimeseriesState | None = None):
         self.state = state if state is not None else TimeseriesState()
 
     @property
+    def state(self) -> TimeseriesState:
+        return self._state
+
+    @state.setter
+    def state(self, state: TimeseriesState) -> None:
+        self._state = state
+        # model -> (minute index, minute cell, hour cell) of its latest event: events mostly
+        # come in time order, so this saves two lookups per event.
+        self._latest: dict[str, tuple[int, Cell, Cell]] = {}
+
+    @property
     def fingerprint(self) -> str:
-        return f"{self.version}/{self.prices.digest}"
+        return str(self.version)
 
     def apply(self, record: Record) -> None:
         if type(record) is Started:
             return
-        ts = record.timestamp_us
         model = record.model
-        minute = _cell(self.state.minutes, ts // MINUTE_US, model)
-        hour = _cell(self.state.hours, ts // HOUR_US, model)
+        index = record.timestamp_us // MINUTE_US
+        latest = self._latest.get(model)
+        if latest is not None and latest[0] == index:
+            minute, hour = latest[1], latest[2]
+        else:
+            minute = _cell(self._state.minutes, index, model)
+            hour = _cell(self._state.hours, index // 60, model)
+            self._latest[model] = (index, minute, hour)
         if type(record) is Completed:
-            prompt_p, completion_p = request_cost(record, self.prices.lookup(model))
-            cost = prompt_p + completion_p
             bucket = bucket_of(record.duration_ms)
+            caller_p = None if record.cost_usd is None else round(record.cost_usd * PICO)
             for cell in (minute, hour):
                 cell.requests += 1
                 cell.total_tokens += record.total_tokens
-                cell.cost_p += cost
-                if cell.durations is None:
-                    cell.durations = Sketch()
-                cell.durations.add(bucket)
+                if caller_p is None:
+                    cell.uncached_tokens += record.prompt_tokens - record.cached_prompt_tokens
+                    cell.cached_tokens += record.cached_prompt_tokens
+                    cell.completion_tokens += record.completion_tokens
+                else:
+                    cell.caller_cost_p += caller_p
+                sketch = cell.durations
+                if sketch is None:
+                    cell.durations = Sketch({bucket: 1}, 1)
+                else:
+                    sketch.counts[bucket] = sketch.counts.get(bucket, 0) + 1
+                    sketch.n += 1
         else:
             for cell in (minute, hour):
                 cell.requests += 1
                 cell.failed += 1
+
+
+def _cost_p(cell: Cell, price: Price | None) -> int:
+    cost = cell.caller_cost_p
+    if price is not None:
+        cost += (cell.uncached_tokens * price.input + cell.cached_tokens * price.cached_input
+                 + cell.completion_tokens * price.output)
+    return cost
 
 
 class Point(msgspec.Struct):
@@ -103,7 +138,7 @@ class Series(msgspec.Struct):
     points: list[Point]
 
 
-def series(state: TimeseriesState, bucket: str, from_us: int, to_us: int,
+def series(state: TimeseriesState, prices: PriceTable, bucket: str, from_us: int, to_us: int,
            model: str | None = None) -> Series:
     """Every bucket starting in `[from_us, to_us)` (from aligned down), empty ones included."""
     width, which, per = BUCKETS[bucket]
@@ -113,20 +148,21 @@ def series(state: TimeseriesState, bucket: str, from_us: int, to_us: int,
     points = []
     while start < to_us:
         total = Cell()
-        sketch = Sketch()
+        cost_p = 0
+        sketch = Sketch({})
         first = start // cell_width
         for index in range(first, first + per):
             by_model = cells.get(index)
             if not by_model:
                 continue
-            chosen = by_model.values() if model is None else [by_model.get(model)]
-            for cell in chosen:
+            chosen = by_model.items() if model is None else [(model, by_model.get(model))]
+            for name, cell in chosen:
                 if cell is None:
                     continue
                 total.requests += cell.requests
                 total.failed += cell.failed
                 total.total_tokens += cell.total_tokens
-                total.cost_p += cell.cost_p
+                cost_p += _cost_p(cell, prices.lookup(name))
                 if cell.durations is not None:
                     sketch.merge(cell.durations)
         points.append(Point(
@@ -134,7 +170,7 @@ def series(state: TimeseriesState, bucket: str, from_us: int, to_us: int,
             requests=total.requests,
             failed_requests=total.failed,
             total_tokens=total.total_tokens,
-            total_cost_usd=total.cost_p / PICO,
+            total_cost_usd=cost_p / PICO,
             duration_ms_p50=sketch.quantile(0.5),
             duration_ms_p95=sketch.quantile(0.95),
         ))

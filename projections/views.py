@@ -13,10 +13,11 @@ import msgspec
 
 from events.codec import us_to_timestamp
 from projections.filters import EventFilter
-from projections.metrics import ByModel, MetricsState, SessionState, pending_counts
-from projections.prices import PICO
+from projections.metrics import (ByModel, MetricsState, SessionState, pending_counts,
+                                 session_stats)
+from projections.prices import PICO, PriceTable
 from projections.sketch import Sketch
-from projections.stats import Stats, combine
+from projections.stats import Stats, combine, cost, unpriced
 
 
 class Percentiles(msgspec.Struct):
@@ -113,8 +114,9 @@ def _percentiles(sketch: Sketch | None) -> Percentiles | None:
     return Percentiles(**values) if values else None
 
 
-def _fields(s: Stats) -> dict:
+def _fields(s: Stats, cost_p: tuple[int, int]) -> dict:
     ok, failed = s.successful, s.failed
+    prompt_p, completion_p = cost_p
     total = ok + failed
     return dict(
         total_requests=total,
@@ -129,9 +131,9 @@ def _fields(s: Stats) -> dict:
         requests_with_tools=s.with_tools,
         cached_prompt_tokens=s.cached_prompt_tokens,
         reasoning_tokens=s.reasoning_tokens,
-        total_cost_usd=(s.prompt_cost_p + s.completion_cost_p) / PICO,
-        prompt_cost_usd=s.prompt_cost_p / PICO,
-        completion_cost_usd=s.completion_cost_p / PICO,
+        total_cost_usd=(prompt_p + completion_p) / PICO,
+        prompt_cost_usd=prompt_p / PICO,
+        completion_cost_usd=completion_p / PICO,
         error_rate=round(failed / total, 6) if total else 0,
         errors_by_type=dict(sorted(s.errors.items())) if s.errors else {},
         duration_ms_percentiles=_percentiles(s.durations),
@@ -140,37 +142,44 @@ def _fields(s: Stats) -> dict:
     )
 
 
-def metrics(s: Stats) -> Metrics:
-    return Metrics(**_fields(s))
+class Slice:
+    """Some requests, broken down by model, with their cost at today's prices."""
+
+    def __init__(self, by_model: ByModel, prices: PriceTable):
+        self.by_model = by_model
+        self.costs = {m: cost(s, prices.lookup(m)) for m, s in by_model.items()}
+        self.unpriced = sorted(m for m, s in by_model.items() if unpriced(s, prices.lookup(m)))
+
+    def fields(self) -> dict:
+        prompt_p = sum(c[0] for c in self.costs.values())
+        completion_p = sum(c[1] for c in self.costs.values())
+        return _fields(combine(self.by_model.values()), (prompt_p, completion_p))
+
+    def per_model(self) -> dict[str, Metrics]:
+        return {m: Metrics(**_fields(s, self.costs[m])) for m, s in sorted(self.by_model.items())}
 
 
-def _by_model(by_model: ByModel) -> dict[str, Metrics]:
-    return {model: metrics(stats) for model, stats in sorted(by_model.items())}
-
-
-def _unpriced(by_model: ByModel) -> list[str]:
-    return sorted(model for model, stats in by_model.items() if stats.unpriced)
-
-
-def session_metrics(session_id: str, s: SessionState, cutoff_us: int,
+def session_metrics(state: MetricsState, session_id: str, cutoff_us: int, prices: PriceTable,
                     model: str | None = None) -> SessionMetrics:
     """A session's metrics, or only its requests to `model`."""
-    by_model = s.by_model if model is None else _only(s.by_model, model)
+    s = state.sessions[session_id]
+    by_model = session_stats(s, state.names)
+    part = Slice(by_model if model is None else _only(by_model, model), prices)
     pending = s.pending.values() if s.pending else ()
     if model is not None:
         pending = [p for p in pending if p.model == model]
     in_flight, stale = pending_counts(pending, cutoff_us)
     return SessionMetrics(
-        **_fields(combine(by_model.values())),
+        **part.fields(),
         session_id=session_id,
         first_seen=us_to_timestamp(s.first_seen_us),
         last_seen=us_to_timestamp(s.last_seen_us),
         models=sorted(s.models),
-        users=sorted(s.users),
+        users=sorted(s.users or ()),
         in_flight_requests=in_flight,
         stale_requests=stale,
-        unpriced_models=_unpriced(by_model),
-        by_model=_by_model(by_model),
+        unpriced_models=part.unpriced,
+        by_model=part.per_model(),
     )
 
 
@@ -178,7 +187,7 @@ def _only(by_model: ByModel, model: str) -> ByModel:
     return {model: by_model[model]} if model in by_model else {}
 
 
-def global_metrics(state: MetricsState, cutoff_us: int,
+def global_metrics(state: MetricsState, cutoff_us: int, prices: PriceTable,
                    where: EventFilter | None = None) -> GlobalMetrics:
     """Totals over every session, or over the slice `where` picks (model, user or tag; see
     `EventFilter.in_memory`); a filtered replay answers the other questions."""
@@ -198,44 +207,53 @@ def global_metrics(state: MetricsState, cutoff_us: int,
         pending = filter(where, pending)
         sessions = sum(1 for s in state.sessions.values() if _touches(s, where))
     in_flight, stale = pending_counts(pending, cutoff_us)
+    part = Slice(by_model, prices)
     return GlobalMetrics(
-        **_fields(combine(by_model.values())),
+        **part.fields(),
         total_sessions=sessions,
         in_flight_requests=in_flight,
         stale_requests=stale,
-        unpriced_models=_unpriced(by_model),
-        by_model=_by_model(by_model),
+        unpriced_models=part.unpriced,
+        by_model=part.per_model(),
     )
 
 
 def _touches(s: SessionState, where: EventFilter) -> bool:
     """Whether a session has an event of the slice (model, user and tag filters only)."""
     return ((where.model is None or where.model in s.models)
-            and (where.user_id is None or where.user_id in s.users)
-            and (where.tag is None or where.tag in s.tags))
+            and (where.user_id is None or where.user_id in (s.users or ()))
+            and (where.tag is None or where.tag in (s.tags or ())))
 
 
-def model_metrics(model: str, stats: Stats, priced: bool) -> ModelMetrics:
-    return ModelMetrics(**_fields(stats), model=model, priced=priced)
+def model_metrics(model: str, stats: Stats, prices: PriceTable) -> ModelMetrics:
+    price = prices.lookup(model)
+    return ModelMetrics(**_fields(stats, cost(stats, price)), model=model,
+                        priced=price is not None)
 
 
-def user_metrics(user_id: str, by_model: ByModel) -> UserMetrics:
+def user_metrics(user_id: str, by_model: ByModel, prices: PriceTable) -> UserMetrics:
+    part = Slice(by_model, prices)
     return UserMetrics(
-        **_fields(combine(by_model.values())),
+        **part.fields(),
         user_id=user_id,
-        unpriced_models=_unpriced(by_model),
-        by_model=_by_model(by_model),
+        unpriced_models=part.unpriced,
+        by_model=part.per_model(),
     )
+
+
+def session_cost_p(s: SessionState, names: list[str], prices: PriceTable) -> int:
+    """A session's total cost in pico-dollars (for sorting listings by cost)."""
+    return sum(sum(cost(stats, prices.lookup(m))) for m, stats in session_stats(s, names).items())
 
 
 # ---- session listings --------------------------------------------------------------------------
 
 SORT_KEYS = {
     "first_seen": None,  # the log's order of first appearance (stable under new sessions)
-    "last_seen": lambda s: s.last_seen_us,
-    "total_tokens": lambda s: s.total_tokens,
-    "total_cost_usd": lambda s: s.cost_p,
-    "failed_requests": lambda s: s.failed,
+    "last_seen": lambda s, names, prices: s.last_seen_us,
+    "total_tokens": lambda s, names, prices: s.total_tokens,
+    "total_cost_usd": session_cost_p,
+    "failed_requests": lambda s, names, prices: s.failed,
 }
 
 
@@ -248,7 +266,7 @@ class SessionFilter(msgspec.Struct, kw_only=True):
     def matches(self, s: SessionState) -> bool:
         if self.model is not None and self.model not in s.models:
             return False
-        if self.user_id is not None and self.user_id not in s.users:
+        if self.user_id is not None and self.user_id not in (s.users or ()):
             return False
         if self.has_failures is not None and (s.failed > 0) != self.has_failures:
             return False
@@ -263,7 +281,7 @@ class SessionFilter(msgspec.Struct, kw_only=True):
 
 
 def sessions_page(state: MetricsState, cursor: int, limit: int, cutoff_us: int,
-                  sort: str = "first_seen", descending: bool = False,
+                  prices: PriceTable, sort: str = "first_seen", descending: bool = False,
                   where: SessionFilter | None = None) -> SessionsPage:
     """A page of sessions; `cursor` is an offset into the sorted, filtered listing."""
     ids: Iterable[str] = state.order
@@ -272,14 +290,15 @@ def sessions_page(state: MetricsState, cursor: int, limit: int, cutoff_us: int,
     key = SORT_KEYS[sort]
     if key is not None:
         sessions = state.sessions
-        ids = sorted(ids, key=lambda sid: key(sessions[sid]), reverse=descending)
+        names = state.names
+        ids = sorted(ids, key=lambda sid: key(sessions[sid], names, prices), reverse=descending)
     elif descending:
         ids = list(reversed(ids))
     ids = ids if isinstance(ids, list) else list(ids)
     page = ids[cursor:cursor + limit]
     end = cursor + len(page)
     return SessionsPage(
-        sessions=[session_metrics(sid, state.sessions[sid], cutoff_us) for sid in page],
+        sessions=[session_metrics(state, sid, cutoff_us, prices) for sid in page],
         total_sessions=len(state.sessions),
         matching_sessions=len(ids),
         next=str(end) if end < len(ids) else None,

@@ -22,8 +22,9 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from projections.metrics import pending_counts
+from projections.metrics import pending_counts, session_stats
 from projections.prices import PICO
+from projections.stats import cost as stats_cost
 from projections.prometheus import BUCKETS_S, Histogram
 from service import keys
 from service.reads import cutoff_us
@@ -59,7 +60,7 @@ class ReadModelCollector(Collector):
                                                  stats.cached_prompt_tokens,
                                                  stats.reasoning_tokens)):
                 tokens.add_metric([model, kind], value)
-            cost.add_metric([model], (stats.prompt_cost_p + stats.completion_cost_p) / PICO)
+            cost.add_metric([model], sum(stats_cost(stats, models.prices.lookup(model))) / PICO)
         yield from (requests, tokens, cost)
 
         duration = HistogramMetricFamily(
@@ -110,7 +111,7 @@ def _session_families(state):
     tokens = CounterMetricFamily("llm_session_tokens", "Tokens of completed requests per "
                                  "session.", labels=["session_id", "model", "type"])
     for sid in state.order:
-        for model, stats in sorted(state.sessions[sid].by_model.items()):
+        for model, stats in sorted(session_stats(state.sessions[sid], state.names).items()):
             requests.add_metric([sid, model, "ok"], stats.successful)
             requests.add_metric([sid, model, "error"], stats.failed)
             tokens.add_metric([sid, model, "prompt"], stats.prompt_tokens)

@@ -79,7 +79,7 @@ async def get_global(request: web.Request) -> web.Response:
     models, filtered = await _models_for(request, where)
     state = models.metrics.state
     return json_response(views.global_metrics(state, cutoff_us(request.app, models),
-                                              None if filtered else where))
+                                              models.prices, None if filtered else where))
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -91,8 +91,8 @@ async def get_session(request: web.Request) -> web.Response:
     if session is None:
         return json_error(404, f"no events for session {session_id!r}"
                                f"{' in that window' if filtered else ''}")
-    return json_response(views.session_metrics(session_id, session,
-                                               cutoff_us(request.app, models),
+    return json_response(views.session_metrics(models.metrics.state, session_id,
+                                               cutoff_us(request.app, models), models.prices,
                                                None if filtered else where.model))
 
 
@@ -112,16 +112,15 @@ async def get_sessions(request: web.Request) -> web.Response:
     )
     models = request.app[keys.MODELS]
     return json_response(views.sessions_page(models.metrics.state, cursor, limit,
-                                             cutoff_us(request.app, models), sort,
-                                             order == "desc", where))
+                                             cutoff_us(request.app, models), models.prices,
+                                             sort, order == "desc", where))
 
 
 async def get_models(request: web.Request) -> web.Response:
     """`GET /events/metrics/models[?from=&to=&as_of_position=&as_of=]`: every model."""
     models, _ = await _models_for(request, _filter(request))
-    prices = models.prices
     return json_response(views.ModelList([
-        views.model_metrics(name, stats, prices.lookup(name) is not None)
+        views.model_metrics(name, stats, models.prices)
         for name, stats in sorted(models.metrics.state.models.items())
     ]))
 
@@ -133,7 +132,7 @@ async def get_model(request: web.Request) -> web.Response:
     stats = models.metrics.state.models.get(name)
     if stats is None:
         return json_error(404, f"no finished requests for model {name!r}")
-    return json_response(views.model_metrics(name, stats, models.prices.lookup(name) is not None))
+    return json_response(views.model_metrics(name, stats, models.prices))
 
 
 async def get_user(request: web.Request) -> web.Response:
@@ -143,7 +142,7 @@ async def get_user(request: web.Request) -> web.Response:
     by_model = models.metrics.state.users.get(user_id)
     if by_model is None:
         return json_error(404, f"no finished requests for user {user_id!r}")
-    return json_response(views.user_metrics(user_id, by_model))
+    return json_response(views.user_metrics(user_id, by_model, models.prices))
 
 
 async def get_timeseries(request: web.Request) -> web.Response:
@@ -175,7 +174,7 @@ async def get_timeseries(request: web.Request) -> web.Response:
     if points > MAX_POINTS:
         raise ApiError(400, f"{points} points of {bucket} between 'from' and 'to' is more than "
                             f"{MAX_POINTS}; use a larger 'bucket' or a shorter range")
-    return json_response(series(state, bucket, from_us, to_us, model))
+    return json_response(series(state, models.prices, bucket, from_us, to_us, model))
 
 
 def stream_render(app: web.Application):
@@ -185,7 +184,7 @@ def stream_render(app: web.Application):
         models = app[keys.MODELS]
         state = models.metrics.state
         cutoff = cutoff_us(app, models)
-        return views.global_metrics(state, cutoff), [
-            views.session_metrics(sid, state.sessions[sid], cutoff)
+        return views.global_metrics(state, cutoff, models.prices), [
+            views.session_metrics(state, sid, cutoff, models.prices)
             for sid in session_ids if sid in state.sessions]
     return render

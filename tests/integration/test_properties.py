@@ -25,7 +25,8 @@ from projections import views
 from projections.filters import EventFilter
 from projections.prices import PriceTable
 from projections.query import fold
-from projections.replay import ReadModels, decode_snapshot, encode_snapshot, replay
+from projections.replay import (ReadModels, decode_snapshot, decode_state, encode_snapshot,
+                                replay)
 from service.ingest import prepare
 
 PRICE_JSON = {"models": {"gpt-4": {"input": 30, "output": 60},
@@ -155,8 +156,9 @@ def views_of(models: ReadModels) -> dict:
     state = models.metrics.state
     cutoff = state.newest_event_us - STALE_S * 1_000_000
     return msgspec.to_builtins(dict(
-        total=views.global_metrics(state, cutoff),
-        sessions={sid: views.session_metrics(sid, s, cutoff) for sid, s in state.sessions.items()},
+        total=views.global_metrics(state, cutoff, models.prices),
+        sessions={sid: views.session_metrics(state, sid, cutoff, models.prices)
+                  for sid in state.sessions},
     ))
 
 
@@ -203,8 +205,7 @@ def test_metrics_equal_the_oracle_in_any_order(reqs, rng):
                 restored = ReadModels(PRICES)
                 snap = decode_snapshot(encode_snapshot(half, None))
                 for p in restored.projections:
-                    p.state = msgspec.msgpack.decode(snap.projections[p.name].state,
-                                                     type=p.state_type)
+                    p.state = decode_state(p, snap.projections[p.name].state)
                 restored.position = snap.position
                 await replay(store, restored)
                 windowed = await fold(store, PRICES, where=EventFilter(from_us=None, to_us=int(

@@ -25,12 +25,12 @@ def fold(events: list[dict], prices: PriceTable | None = None) -> ReadModels:
 
 def session(models: ReadModels, sid: str = "s1", cutoff: int = -(2**62)) -> dict:
     state = models.metrics.state
-    return msgspec.to_builtins(views.session_metrics(sid, state.sessions[sid], cutoff))
+    return msgspec.to_builtins(views.session_metrics(state, sid, cutoff, models.prices))
 
 
 def totals(models: ReadModels, cutoff: int = -(2**62), **where) -> dict:
     from projections.filters import EventFilter
-    return msgspec.to_builtins(views.global_metrics(models.metrics.state, cutoff,
+    return msgspec.to_builtins(views.global_metrics(models.metrics.state, cutoff, models.prices,
                                                     EventFilter(**where)))
 
 
