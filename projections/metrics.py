@@ -71,7 +71,9 @@ class MetricsState(msgspec.Struct, gc=False):
     # Model names and error types, numbered for the sessions' integer records.
     names: list[str] = []
     pending: int = 0
-    # Sessions with pending requests: counting stale requests only needs to look at these.
+    # Pending requests per second of their start: counts stale ones without visiting each.
+    pending_seconds: dict[int, int] = {}
+    # Sessions with pending requests: filtered counts only need to look at these.
     with_pending: set[str] = set()
     newest_event_us: int = 0
 
@@ -95,7 +97,7 @@ class MetricsProjection:
 
     name = "metrics"
     # Bump when the state's shape or the fold's rules change: old snapshots are then ignored.
-    version = 3
+    version = 4
     state_type = MetricsState
 
     def __init__(self, prices: PriceTable, state: MetricsState | None = None):
@@ -170,15 +172,23 @@ class MetricsProjection:
                 else:
                     session.pending[rid] = record
                 state.pending += 1
+                second = ts // 1_000_000
+                seconds = state.pending_seconds
+                seconds[second] = seconds.get(second, 0) + 1
             return
 
         pending = session.pending
         if pending is not None and rid in pending:
-            del pending[rid]
+            second = pending.pop(rid).timestamp_us // 1_000_000
             if not pending:
                 session.pending = None
                 state.with_pending.discard(sid)
             state.pending -= 1
+            seconds = state.pending_seconds
+            if seconds[second] == 1:
+                del seconds[second]
+            else:
+                seconds[second] -= 1
         elif session.finished_first is None:
             session.finished_first = {rid}
         else:
@@ -246,11 +256,21 @@ def session_stats(session: SessionState, names: list[str]) -> ByModel:
 
 
 def pending_counts(pending: Iterable[Started], cutoff_us: int) -> tuple[int, int]:
-    """(in flight, stale) among pending started events: stale ones started before `cutoff_us`."""
+    """(in flight, stale) among pending started events: stale ones started in a second before
+    the second of `cutoff_us` (staleness is decided to the second)."""
+    cutoff = cutoff_us // 1_000_000
     in_flight = stale = 0
     for started in pending:
-        if started.timestamp_us < cutoff_us:
+        if started.timestamp_us // 1_000_000 < cutoff:
             stale += 1
         else:
             in_flight += 1
     return in_flight, stale
+
+
+def all_pending_counts(state: MetricsState, cutoff_us: int) -> tuple[int, int]:
+    """`pending_counts` over every session, in time proportional to the distinct seconds in
+    which pending requests started, not to their number."""
+    cutoff = cutoff_us // 1_000_000
+    stale = sum(count for second, count in state.pending_seconds.items() if second < cutoff)
+    return state.pending - stale, stale

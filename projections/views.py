@@ -13,8 +13,8 @@ import msgspec
 
 from events.codec import us_to_timestamp
 from projections.filters import EventFilter
-from projections.metrics import (ByModel, MetricsState, SessionState, pending_counts,
-                                 session_stats)
+from projections.metrics import (ByModel, MetricsState, SessionState, all_pending_counts,
+                                 pending_counts, session_stats)
 from projections.prices import PICO, PriceTable
 from projections.sketch import Sketch
 from projections.stats import Stats, combine, cost, unpriced
@@ -200,13 +200,13 @@ def global_metrics(state: MetricsState, cutoff_us: int, prices: PriceTable,
         by_model = state.models
     if where.model is not None:
         by_model = _only(by_model, where.model)
-    pending = (p for sid in state.with_pending for p in state.sessions[sid].pending.values())
     if where.empty:
         sessions = len(state.sessions)
+        in_flight, stale = all_pending_counts(state, cutoff_us)
     else:
-        pending = filter(where, pending)
         sessions = sum(1 for s in state.sessions.values() if _touches(s, where))
-    in_flight, stale = pending_counts(pending, cutoff_us)
+        pending = (p for sid in state.with_pending for p in state.sessions[sid].pending.values())
+        in_flight, stale = pending_counts(filter(where, pending), cutoff_us)
     part = Slice(by_model, prices)
     return GlobalMetrics(
         **part.fields(),

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from projections.metrics import pending_counts, session_stats
+from projections.metrics import all_pending_counts, session_stats
 from projections.prices import PICO
 from projections.stats import cost as stats_cost
 from projections.prometheus import BUCKETS_S, Histogram
@@ -76,8 +76,7 @@ class ReadModelCollector(Collector):
                 ttft.add_metric([model], *_histogram(latency.time_to_first_token))
         yield from (duration, ttft)
 
-        pending = (p for sid in state.with_pending for p in state.sessions[sid].pending.values())
-        in_flight, stale = pending_counts(pending, cutoff_us(app, models))
+        in_flight, stale = all_pending_counts(state, cutoff_us(app, models))
         yield GaugeMetricFamily("llm_in_flight_requests", "Requests started and not finished "
                                 "yet (and not stale).", value=in_flight)
         yield GaugeMetricFamily("llm_stale_requests", "Requests started and not finished "
