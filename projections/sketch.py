@@ -82,6 +82,11 @@ class Sketch(msgspec.Struct, gc=False):
         return out
 
 
+def nearest_rank(ordered, q: float):
+    """The exact quantile `q` of already sorted values (the sketch's definition), or None."""
+    return ordered[_rank(q, len(ordered))] if ordered else None
+
+
 def _rank(q: float, n: int) -> int:
     """The 0-based nearest rank of quantile q among n values."""
     return max(math.ceil(q * n) - 1, 0)

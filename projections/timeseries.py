@@ -2,11 +2,14 @@
 
 A request falls in the bucket of its terminal event's time. Minute cells serve the `1m` and
 `5m` buckets, hour cells the `1h` and `1d` ones (UTC days), so a 30-day range at `1h` reads 720
-hours and never a minute cell. Memory grows with the number of active (minute, model) pairs.
+hours and never a minute cell. Minute cells keep their durations exactly (8 bytes a request:
+a sketch would cost far more for the two or three requests a typical minute and model has),
+hour cells keep a sketch.
 """
 
 from __future__ import annotations
 
+from array import array
 from datetime import datetime
 
 import msgspec
@@ -14,7 +17,7 @@ import msgspec
 from events.codec import us_to_timestamp
 from events.records import Completed, Record, Started
 from projections.prices import PICO, Price, PriceTable
-from projections.sketch import Sketch, bucket_of
+from projections.sketch import Sketch, bucket_of, nearest_rank
 
 MINUTE_US = 60 * 1_000_000
 HOUR_US = 60 * MINUTE_US
@@ -37,7 +40,9 @@ class Cell(msgspec.Struct, gc=False):
     completion_tokens: int = 0
     # ...and the costs callers gave.
     caller_cost_p: int = 0
+    # Hour cells: a sketch of durations. Minute cells: the durations themselves, microseconds.
     durations: Sketch | None = None
+    values: array | None = None
 
 
 class TimeseriesState(msgspec.Struct, gc=False):
@@ -58,7 +63,7 @@ def _cell(cells: dict[int, dict[str, Cell]], index: int, model: str) -> Cell:
 
 class TimeseriesProjection:
     name = "timeseries"
-    version = 1
+    version = 2
     state_type = TimeseriesState
 
     def __init__(self, state: TimeseriesState | None = None):
@@ -92,8 +97,13 @@ class TimeseriesProjection:
             hour = _cell(self._state.hours, index // 60, model)
             self._latest[model] = (index, minute, hour)
         if type(record) is Completed:
-            bucket = bucket_of(record.duration_ms)
+            duration_us = int(record.duration_ms * 1000 + 0.5)
+            bucket = bucket_of(duration_us / 1000)
             caller_p = None if record.cost_usd is None else round(record.cost_usd * PICO)
+            if minute.values is None:
+                minute.values = array("q", (duration_us,))
+            else:
+                minute.values.append(duration_us)
             for cell in (minute, hour):
                 cell.requests += 1
                 cell.total_tokens += record.total_tokens
@@ -103,12 +113,12 @@ class TimeseriesProjection:
                     cell.completion_tokens += record.completion_tokens
                 else:
                     cell.caller_cost_p += caller_p
-                sketch = cell.durations
-                if sketch is None:
-                    cell.durations = Sketch({bucket: 1}, 1)
-                else:
-                    sketch.counts[bucket] = sketch.counts.get(bucket, 0) + 1
-                    sketch.n += 1
+            sketch = hour.durations
+            if sketch is None:
+                hour.durations = Sketch({bucket: 1}, 1)
+            else:
+                sketch.counts[bucket] = sketch.counts.get(bucket, 0) + 1
+                sketch.n += 1
         else:
             for cell in (minute, hour):
                 cell.requests += 1
@@ -150,6 +160,7 @@ def series(state: TimeseriesState, prices: PriceTable, bucket: str, from_us: int
         total = Cell()
         cost_p = 0
         sketch = Sketch({})
+        values: list[int] = []
         first = start // cell_width
         for index in range(first, first + per):
             by_model = cells.get(index)
@@ -165,14 +176,22 @@ def series(state: TimeseriesState, prices: PriceTable, bucket: str, from_us: int
                 cost_p += _cost_p(cell, prices.lookup(name))
                 if cell.durations is not None:
                     sketch.merge(cell.durations)
+                if cell.values is not None:
+                    values.extend(cell.values)
+        if which == "minutes":
+            values.sort()
+            p50, p95 = (nearest_rank(values, 0.5), nearest_rank(values, 0.95))
+            p50, p95 = (None if p50 is None else p50 / 1000, None if p95 is None else p95 / 1000)
+        else:
+            p50, p95 = sketch.quantile(0.5), sketch.quantile(0.95)
         points.append(Point(
             start=us_to_timestamp(start),
             requests=total.requests,
             failed_requests=total.failed,
             total_tokens=total.total_tokens,
             total_cost_usd=cost_p / PICO,
-            duration_ms_p50=sketch.quantile(0.5),
-            duration_ms_p95=sketch.quantile(0.95),
+            duration_ms_p50=p50,
+            duration_ms_p95=p95,
         ))
         start += width
     return Series(bucket, points)
