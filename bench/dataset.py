@@ -47,13 +47,14 @@ def session_id(n: int) -> str:
 
 def wire_events(events: int, sessions: int, seed: int = 7, first_session: int = 0):
     """Yield `events` wire events (dicts) over `sessions` sessions numbered from
-    `first_session`, deterministic for a seed."""
+    `first_session`, deterministic for a seed. Each session gets `events // (2 * sessions)`
+    requests: ask for a multiple of `2 * sessions` to get exactly `events`."""
     rng = random.Random(seed)
     per_session = max(1, events // (2 * sessions))
     emitted = 0
-    end = first_session + sessions
-    for first in range(first_session, end, BLOCK):
-        block = range(first, min(first + BLOCK, end))
+    stop = first_session + sessions
+    for first in range(first_session, stop, BLOCK):
+        block = range(first, min(first + BLOCK, stop))
         starts = {n: BASE_US + rng.randrange(30 * 86_400) * 1_000_000 for n in block}
         models = {n: MODELS[rng.randrange(len(MODELS))] for n in block}
         for r in range(per_session):
@@ -65,13 +66,14 @@ def wire_events(events: int, sessions: int, seed: int = 7, first_session: int = 
                 common = dict(session_id=sid, request_id=f"req-{r}", model=models[n])
                 yield dict(type="LLM_REQUEST_STARTED", timestamp=_iso(t), **common)
                 duration = rng.randrange(200, 8_000)
-                end = _iso(t + duration * 1000)
+                finished = _iso(t + duration * 1000)
                 if rng.random() < 0.05:
-                    yield dict(type="LLM_REQUEST_FAILED", timestamp=end, error_type="RateLimitError",
-                               duration_ms=duration, **common)
+                    yield dict(type="LLM_REQUEST_FAILED", timestamp=finished,
+                               error_type="RateLimitError", duration_ms=duration, **common)
                 else:
                     prompt = rng.randrange(50, 4_000)
-                    yield dict(type="LLM_REQUEST_COMPLETED", timestamp=end, duration_ms=duration,
+                    yield dict(type="LLM_REQUEST_COMPLETED", timestamp=finished,
+                               duration_ms=duration,
                                prompt_tokens=prompt, completion_tokens=rng.randrange(10, 1_500),
                                has_tool_calls=rng.random() < 0.10, **common)
                 emitted += 2
