@@ -12,6 +12,7 @@ Adding a route: add an `Operation` under `(METHOD, path as aiohttp writes it)`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,10 @@ from service.auth import HEADER, is_public
 from service.errors import ErrorBody
 
 TITLE = "LLM Metrics"
-VERSION = "0.1.0"
+try:
+    VERSION = importlib.metadata.version("llm-metrics")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+    VERSION = "unknown"
 DOCS_PAGE = Path(__file__).with_name("static") / "docs.html"
 
 
@@ -234,15 +238,14 @@ def build(app: web.Application) -> dict[str, Any]:
         if op is None:
             op = Operation("(undocumented route: add it to service.openapi.OPERATIONS)",
                            {200: {}})
-        entry: dict[str, Any] = {
-            "summary": op.summary,
-            "operationId": _operation_id(method, path),
-            "responses": {
-                **{str(status): {"description": ERRORS.get(status, "success"),
-                                 "content": body(media)} if media else
-                   {"description": "success"} for status, media in op.responses.items()},
-            },
-        }
+        responses: dict[str, Any] = {}
+        for status, media in op.responses.items():
+            responses[str(status)] = {"description": "success"}
+            if media:
+                responses[str(status)]["content"] = body(media)
+        entry: dict[str, Any] = {"summary": op.summary,
+                                 "operationId": _operation_id(method, path),
+                                 "responses": responses}
         if op.description:
             entry["description"] = op.description
         parameters = [{"name": n, "in": "path", "required": True,
