@@ -278,3 +278,15 @@ async def test_rules_beyond_the_schema_reject_the_span_naming_its_attribute(clie
     assert "00000000000000f1: gen_ai.response.time_to_first_chunk: time_to_first_token_ms " \
            "cannot exceed duration_ms" in partial["errorMessage"]
     assert client.app[keys.OTLP_SPANS]["mapped"] == 1
+
+
+def test_every_attribute_the_mapping_reads_is_converted():
+    import inspect
+    import re
+
+    from service import otlp
+    source = "".join(inspect.getsource(f) for f in (otlp.is_genai, otlp.map_request,
+                                                     otlp.span_events))
+    names = set(re.findall(r'"((?:gen_ai|session|user|enduser|error)\.[a-z_.]+)"', source))
+    assert "gen_ai.usage.input_tokens" in names
+    assert names <= otlp.READ_ATTRIBUTES, names - otlp.READ_ATTRIBUTES
