@@ -135,6 +135,8 @@ class MetricsProjection:
             state.newest_event_us = ts
         session = state.sessions.get(sid)
         if session is None:
+            # The numbered name is one shared string, not a copy per session.
+            model = state.names[self._name(model)]
             session = SessionState(ts, ts, [model], array("q"))
             state.sessions[sid] = session
             state.order.append(sid)
@@ -144,7 +146,7 @@ class MetricsProjection:
             elif ts > session.last_seen_us:
                 session.last_seen_us = ts
             if model not in session.models:
-                session.models.append(model)
+                session.models.append(state.names[self._name(model)])
         user = record.user_id
         if user is not None:
             if session.users is None:
