@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from bench import (common, disk, ingest_batch, ingest_single, memory, pg_ingest_batch,
-                   pg_ingest_single, pg_lag, pg_replay, reads, replay, startup)
+                   pg_ingest_single, pg_lag, pg_replay, reads, replay, startup, timeseries)
 from bench.common import FULL, SMOKE, Figure, machine
 
 HERE = Path(__file__).resolve().parent
@@ -28,6 +28,7 @@ SCRIPTS = {
     "disk": disk,
     "startup": startup,
     "reads": reads,
+    "timeseries": timeseries,
     "ingest_batch": ingest_batch,
     "ingest_single": ingest_single,
     # PostgreSQL (LLM_METRICS_BENCH_PG_DSN): a log shared by replicas.
