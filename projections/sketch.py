@@ -82,6 +82,16 @@ class Sketch(msgspec.Struct, gc=False):
         return out
 
 
+def counted(sketch: Sketch | None, bucket: int) -> Sketch:
+    """`sketch` with one more value in `bucket`; a new sketch when there was none."""
+    if sketch is None:
+        return Sketch({bucket: 1}, 1)
+    counts = sketch.counts
+    counts[bucket] = counts.get(bucket, 0) + 1
+    sketch.n += 1
+    return sketch
+
+
 def nearest_rank(ordered, q: float):
     """The exact quantile `q` of already sorted values (the sketch's definition), or None."""
     return ordered[_rank(q, len(ordered))] if ordered else None

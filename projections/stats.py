@@ -16,7 +16,7 @@ from typing import Iterable
 import msgspec
 
 from projections.prices import Price
-from projections.sketch import Sketch
+from projections.sketch import Sketch, counted
 
 
 class Stats(msgspec.Struct, gc=False):
@@ -50,7 +50,6 @@ class Stats(msgspec.Struct, gc=False):
 def add_completed(s: Stats, duration_us: int, prompt: int, completion: int, total: int,
                   cached: int, reasoning: int, tools: int, gen_us: int, duration_bucket: int,
                   ttft_bucket: int | None) -> None:
-    # The hot path of every fold: sketch updates are inlined rather than method calls.
     s.successful += 1
     s.duration_us += duration_us
     s.prompt_tokens += prompt
@@ -62,21 +61,9 @@ def add_completed(s: Stats, duration_us: int, prompt: int, completion: int, tota
     if gen_us > 0:
         s.gen_tokens += completion
         s.gen_us += gen_us
-    sketch = s.durations
-    if sketch is None:
-        s.durations = Sketch({duration_bucket: 1}, 1)
-    else:
-        counts = sketch.counts
-        counts[duration_bucket] = counts.get(duration_bucket, 0) + 1
-        sketch.n += 1
+    s.durations = counted(s.durations, duration_bucket)
     if ttft_bucket is not None:
-        sketch = s.ttfts
-        if sketch is None:
-            s.ttfts = Sketch({ttft_bucket: 1}, 1)
-        else:
-            counts = sketch.counts
-            counts[ttft_bucket] = counts.get(ttft_bucket, 0) + 1
-            sketch.n += 1
+        s.ttfts = counted(s.ttfts, ttft_bucket)
 
 
 def add_caller_cost(s: Stats, prompt: int, cached: int, completion: int, prompt_p: int,

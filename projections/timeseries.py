@@ -17,7 +17,7 @@ import msgspec
 from events.codec import us_to_timestamp
 from events.records import Completed, Record, Started
 from projections.prices import PICO, Price, PriceTable
-from projections.sketch import Sketch, bucket_of, nearest_rank
+from projections.sketch import Sketch, bucket_of, counted, nearest_rank
 
 MINUTE_US = 60 * 1_000_000
 HOUR_US = 60 * MINUTE_US
@@ -113,12 +113,7 @@ class TimeseriesProjection:
                     cell.completion_tokens += record.completion_tokens
                 else:
                     cell.caller_cost_p += caller_p
-            sketch = hour.durations
-            if sketch is None:
-                hour.durations = Sketch({bucket: 1}, 1)
-            else:
-                sketch.counts[bucket] = sketch.counts.get(bucket, 0) + 1
-                sketch.n += 1
+            hour.durations = counted(hour.durations, bucket)
         else:
             for cell in (minute, hour):
                 cell.requests += 1
