@@ -58,16 +58,23 @@ def parse_body(body: bytes, content_type: str, now_us: int | None = None,
     if not body.strip():
         raise ApiError(400, "empty body: send one event, an array of events, or NDJSON")
     if kind in NDJSON_TYPES:
-        events = _decode_lines(body)
+        events = _decode_lines(body, max_events)
     else:
-        events = _decode_json(body)
+        events = _decode_json(body, max_events)
     if not events:
         raise ApiError(400, "no events in the body")
-    if max_events is not None and len(events) > max_events:
-        raise ApiError(413, f"{len(events)} events in one request, more than the limit of "
-                            f"{max_events}: split the batch",
-                       [Issue(max_events, f"$[{max_events}]", "first event over the limit")])
+    _check_count(len(events), max_events)
     return prepare(events, now_us)
+
+
+def _check_count(count: int, max_events: int | None, exact: bool = True) -> None:
+    # Checked before invalid items are decoded one by one: a 10 MiB body of five million `1`s
+    # would otherwise cost minutes of CPU and an answer listing five million problems.
+    if max_events is not None and count > max_events:
+        found = f"{count} events" if exact else "more events"
+        raise ApiError(413, f"{found} in one request than the limit of {max_events}: split the "
+                            "batch",
+                       [Issue(max_events, f"$[{max_events}]", "first event over the limit")])
 
 
 def prepare(events: list[WireEvent], now_us: int | None = None) -> list[NewEvent]:
@@ -116,7 +123,7 @@ def _inconsistency(record: Record, latest_us: int) -> tuple[str, str] | None:
     return None
 
 
-def _decode_json(body: bytes) -> list[WireEvent]:
+def _decode_json(body: bytes, max_events: int | None = None) -> list[WireEvent]:
     start = body.lstrip()[:1]
     try:
         if start == b"[":
@@ -124,6 +131,7 @@ def _decode_json(body: bytes) -> list[WireEvent]:
                 return _many.decode(body)
             except msgspec.ValidationError:
                 items = _raw_list.decode(body)  # well-formed; find every invalid item
+                _check_count(len(items), max_events)
                 return _decode_items(list(enumerate(items)), len(items))
         return _decode_items([(0, body)], 1)
     except msgspec.DecodeError as exc:
@@ -134,9 +142,17 @@ def _decode_json(body: bytes) -> list[WireEvent]:
         raise ApiError(400, "malformed JSON: nested too deeply", [Issue(0, "$", TOO_DEEP)]) from None
 
 
-def _decode_lines(body: bytes) -> list[WireEvent]:
+def _decode_lines(body: bytes, max_events: int | None = None) -> list[WireEvent]:
+    if max_events is not None and body.count(b"\n") >= max_events:
+        # Maybe too many lines: count them, up to one past the limit, without splitting
+        # millions of them out first.
+        found = sum(1 for _ in itertools.islice(_LINE.finditer(body), max_events + 1))
+        _check_count(found, max_events, exact=False)
     lines = [(i, line) for i, line in enumerate(body.split(b"\n")) if line.strip()]
     return _decode_items(lines, len(lines))
+
+
+_LINE = re.compile(rb"[^\n]*[^\s][^\n]*")
 
 
 def _decode_items(items: list[tuple[int, bytes]], total: int) -> list[WireEvent]:
@@ -193,12 +209,17 @@ def _plain(exc: Exception) -> str:
     return str(exc).removeprefix("JSON is malformed: ")
 
 
+# Enough to fix a batch by; a longer list only makes the answer as big as the request.
+MAX_DETAILS = 100
+
+
 def _invalid(issues: list[Issue], total: int) -> ApiError:
     what = "event is" if len(issues) == 1 else "events are"
     first = issues[0]
+    listed = "" if len(issues) <= MAX_DETAILS else f" (the first {MAX_DETAILS} are listed)"
     return ApiError(
         400,
-        f"{len(issues)} of {total} {what} invalid, nothing was stored; first: event "
+        f"{len(issues)} of {total} {what} invalid, nothing was stored{listed}; first: event "
         f"{first.index}, {first.path}: {first.message}",
-        issues,
+        issues[:MAX_DETAILS],
     )

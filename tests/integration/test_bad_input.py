@@ -229,6 +229,26 @@ async def test_100k_tiny_events_in_one_request(aiohttp_client, tmp_path):
     assert metrics["in_flight_requests"] == 100_000
 
 
+@pytest.mark.parametrize("body, kind", [
+    (b"1\n" * 4_000_000, "application/x-ndjson"),
+    (b"[" + b"1," * 4_000_000 + b"1]", "application/json"),
+], ids=["ndjson", "array"])
+async def test_millions_of_junk_items_are_refused_at_once(aiohttp_client, tmp_path, body, kind):
+    """Counted before each item is decoded: no minutes of CPU, no answer as big as the body."""
+    api = await aiohttp_client(create_app(Config(db=str(tmp_path / "junk.db"), snapshot_every=0)))
+    started = time.perf_counter()
+    status, answer = await post(api, body, kind)
+    assert (status, len(answer["details"])) == (413, 1), answer
+    assert time.perf_counter() - started < 10
+
+
+async def test_a_thousand_invalid_events_list_the_first_hundred(api):
+    status, answer = await post(api, [f.started(request_id="")] * 1000)
+    assert (status, len(answer["details"])) == (400, 100)
+    assert "1000 of 1000 events are invalid" in answer["error"]
+    assert "first 100 are listed" in answer["error"]
+
+
 async def test_100k_tiny_events_over_the_default_body_limit_are_413(api):
     body = json.dumps([f.started(request_id=str(i)) for i in range(100_000)]).encode()
     status, answer = await post(api, body)
