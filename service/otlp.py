@@ -215,8 +215,9 @@ def map_request(request: ExportTraceServiceRequest) -> ExportMapping:
     """The wire events of every GenAI span of an export; other spans are only counted.
 
     `execute_tool` spans are not LLM requests: each one counts as a tool call of its parent
-    span when the parent is in the same export (the SDK's batch processor exports a child before
-    or with its parent, as children end first).
+    span when the parent is in the same export. Children end, and are queued, before their
+    parent, so a batch boundary between them loses the count; carrying children over to a
+    later export would make the mapping depend on history and break idempotent re-exports.
     """
     spans: list[tuple[Span, dict, dict]] = []
     tool_children: dict[tuple[bytes, bytes], int] = {}
