@@ -47,6 +47,10 @@ async def error_middleware(request: web.Request, handler):
     except StoreError as exc:
         log.error("store error on %s %s: %s", request.method, request.path, exc)
         return json_error(500, str(exc))
+    except web.RequestPayloadError as exc:
+        # A body the HTTP layer could not read: `content-encoding: gzip` that is not gzip...
+        cause = getattr(exc.__cause__, "message", None) or str(exc)
+        return json_error(400, f"unreadable request body: {cause}")
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, "request body is larger than the limit of "
                                f"{request.client_max_size} bytes (LLM_METRICS_MAX_BODY)")

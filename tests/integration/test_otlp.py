@@ -290,3 +290,15 @@ def test_every_attribute_the_mapping_reads_is_converted():
     names = set(re.findall(r'"((?:gen_ai|session|user|enduser|error)\.[a-z_.]+)"', source))
     assert "gen_ai.usage.input_tokens" in names
     assert names <= otlp.READ_ATTRIBUTES, names - otlp.READ_ATTRIBUTES
+
+
+@pytest.mark.parametrize("path", ["/v1/traces", "/events"])
+def test_a_body_that_is_not_what_its_content_encoding_says_is_a_json_400(server, path):
+    req = urllib.request.Request(server.url + path, data=b"not gzip at all", method="POST",
+                                 headers={**HEADERS, "content-type": "application/json",
+                                          "content-encoding": "gzip"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(req, timeout=10)
+    assert answer.value.code == 400
+    assert json.loads(answer.value.read())["error"] == \
+        "unreadable request body: Can not decode content-encoding: gzip"
