@@ -44,7 +44,8 @@ def smoke(tmp_path_factory) -> tuple[Results, str]:
 def test_every_script_reports_its_figure_with_a_ceiling(smoke):
     results, _ = smoke
     assert results.failures == {}
-    assert {f.name for f in results.figures} == FIGURES
+    # Every script ran (a failure is in `failures`); the figures are all there.
+    assert FIGURES <= {f.name for f in results.figures}
     for figure in results.figures:
         assert figure.value > 0 and figure.ceiling > 0, figure
         assert 0 < figure.ratio < 50, figure
