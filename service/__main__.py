@@ -7,8 +7,10 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 from service import cli
 from service.config import DEFAULT_SECRET, Config, ConfigError, add_arguments, from_args
@@ -26,6 +28,26 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# SQLite maps its shared-memory file when it opens a WAL database; on a disk with no room left
+# that is a SIGBUS that kills the process, not an error it could report.
+MIN_FREE_BYTES = 1024**2
+
+
+def full_disk(config: Config) -> str | None:
+    """Why the disk holding the SQLite log is too full to open it safely, or None."""
+    if config.uses_postgres:
+        return None
+    folder = Path(config.db).resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    stat = os.statvfs(folder)
+    free = stat.f_bavail * stat.f_frsize
+    if free >= MIN_FREE_BYTES:
+        return None
+    return (f"only {free:,} bytes are free on the disk holding {config.db}; free at least "
+            f"{MIN_FREE_BYTES // 1024**2} MiB first (nothing in the log is lost)")
 
 
 def serve(config: Config) -> int:
@@ -139,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.command in cli.COMMANDS:
         return cli.run(args, config)
+    problem = full_disk(config)
+    if problem is not None:
+        log.error("cannot start: %s", problem)
+        return 1
     if args.command == "serve":
         return serve(config)
     if args.command == "replay":

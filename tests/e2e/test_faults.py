@@ -195,6 +195,22 @@ def test_full_disk_answers_503_reads_keep_working_nothing_acknowledged_is_lost(s
         assert global_metrics(server)["successful_requests"] == len(acked)
 
 
+def test_no_restart_on_a_full_disk_a_clear_error_instead_of_a_crash(small_fs, tmp_path):
+    """Stopped cleanly on a full disk, then started again: SQLite would die of SIGBUS mapping
+    its shared-memory file; the service checks the free space first and says what to do."""
+    db, snapshot = small_fs / "events.db", str(tmp_path / "snap")
+    with ServerProcess(db, LLM_METRICS_SNAPSHOT=snapshot) as server:
+        assert server.request("POST", "/events", batch("kept", 100))[0] == 201
+        filler = fill(small_fs)
+    server = ServerProcess(db, LLM_METRICS_SNAPSHOT=snapshot)
+    with pytest.raises(RuntimeError, match="server exited with 1"):
+        server.start()
+    assert "cannot start: only" in server.log() and "free at least 1 MiB" in server.log()
+    filler.unlink()
+    with ServerProcess(db, LLM_METRICS_SNAPSHOT=snapshot) as server:
+        assert global_metrics(server)["successful_requests"] == 100
+
+
 def test_size_cap_answers_503_like_a_full_disk(tmp_path):
     """The same promise without root: LLM_METRICS_DB_MAX_SIZE (SQLite's max_page_count)."""
     db = tmp_path / "events.db"
