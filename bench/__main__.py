@@ -63,7 +63,7 @@ def markdown(results: Results) -> str:
     ]
     for f in results.figures:
         extra = "".join(f"; {k.replace('_', ' ')} {v}" for k, v in f.extra.items()
-                        if k.endswith("_ms"))
+                        if k.endswith(("_ms", "_per_s")))
         lines.append(
             f"| {f.name} | {f.workload} | {_value(f)}{extra} | {f.ceiling:,g} {f.unit} "
             f"({f.ceiling_what}) | {f.ratio:.2f} | {f.target} | {'yes' if f.met else '**no**'} |"
