@@ -52,8 +52,10 @@ class SessionState(msgspec.Struct, gc=False):
     # None until the session has one: mutable defaults cost microseconds per new session.
     users: list[str] | None = None
     tags: list[str] | None = None
-    # Kept whole so sorted listings need no per-session sums.
+    # Kept whole so sorted listings need no per-session sums (cost at the fold's prices,
+    # which are part of the snapshot's fingerprint).
     total_tokens: int = 0
+    cost_p: int = 0
     failed: int = 0
     # request_id -> its started event, for requests not finished; None when empty.
     pending: dict[str, Started] | None = None
@@ -97,7 +99,7 @@ class MetricsProjection:
 
     name = "metrics"
     # Bump when the state's shape or the fold's rules change: old snapshots are then ignored.
-    version = 4
+    version = 5
     state_type = MetricsState
 
     def __init__(self, prices: PriceTable, state: MetricsState | None = None):
@@ -210,10 +212,15 @@ class MetricsProjection:
             prompt, completion, cached = (record.prompt_tokens, record.completion_tokens,
                                           record.cached_prompt_tokens)
             tools = 1 if record.has_tool_calls else 0
+            price = self.prices.lookup(model)
             if record.cost_usd is None:
                 caller_p = caller_c = NONE
+                if price is not None:
+                    session.cost_p += ((prompt - cached) * price.input + cached * price.cached_input
+                                       + completion * price.output)
             else:
-                caller_p, caller_c = caller_cost_split(record, self.prices.lookup(model))
+                caller_p, caller_c = caller_cost_split(record, price)
+                session.cost_p += caller_p + caller_c
             session.finished.frombytes(_pack(
                 self._name(model), NONE, duration_us, prompt, completion, record.total_tokens,
                 cached, record.reasoning_tokens, tools, ttft_us, caller_p, caller_c))

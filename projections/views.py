@@ -241,19 +241,14 @@ def user_metrics(user_id: str, by_model: ByModel, prices: PriceTable) -> UserMet
     )
 
 
-def session_cost_p(s: SessionState, names: list[str], prices: PriceTable) -> int:
-    """A session's total cost in pico-dollars (for sorting listings by cost)."""
-    return sum(sum(cost(stats, prices.lookup(m))) for m, stats in session_stats(s, names).items())
-
-
 # ---- session listings --------------------------------------------------------------------------
 
 SORT_KEYS = {
     "first_seen": None,  # the log's order of first appearance (stable under new sessions)
-    "last_seen": lambda s, names, prices: s.last_seen_us,
-    "total_tokens": lambda s, names, prices: s.total_tokens,
-    "total_cost_usd": session_cost_p,
-    "failed_requests": lambda s, names, prices: s.failed,
+    "last_seen": lambda s: s.last_seen_us,
+    "total_tokens": lambda s: s.total_tokens,
+    "total_cost_usd": lambda s: s.cost_p,
+    "failed_requests": lambda s: s.failed,
 }
 
 
@@ -290,8 +285,7 @@ def sessions_page(state: MetricsState, cursor: int, limit: int, cutoff_us: int,
     key = SORT_KEYS[sort]
     if key is not None:
         sessions = state.sessions
-        names = state.names
-        ids = sorted(ids, key=lambda sid: key(sessions[sid], names, prices), reverse=descending)
+        ids = sorted(ids, key=lambda sid: key(sessions[sid]), reverse=descending)
     elif descending:
         ids = list(reversed(ids))
     ids = ids if isinstance(ids, list) else list(ids)

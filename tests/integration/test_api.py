@@ -190,3 +190,15 @@ async def test_timeseries(client):
                                  + urllib.parse.quote(f.stamp(86400 * 30)), 400)
     assert "bucket" in too_many["error"]
     assert "'bucket'" in (await get(client, "/events/metrics/timeseries?bucket=2m", 400))["error"]
+
+
+async def test_sessions_sorted_by_cost(client):
+    await post(client, [
+        f.completed(session_id="cheap", model="gpt-4o-mini", prompt_tokens=1000),
+        f.completed(session_id="dear", model="gpt-4", prompt_tokens=1000),
+        f.completed(session_id="given", model="unknown", cost_usd=5.0),
+        f.completed(session_id="free", model="unknown"),
+    ])
+    page = await get(client, "/events/metrics/sessions?sort=total_cost_usd")
+    assert [s["session_id"] for s in page["sessions"]] == ["given", "dear", "cheap", "free"]
+    assert [s["total_cost_usd"] > 0 for s in page["sessions"]] == [True, True, True, False]
