@@ -2,17 +2,23 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# What `make run` needs (the service), and what tests and benchmarks add on top.
+STAMP  := $(VENV)/.installed-run
+TESTS  := $(VENV)/.installed-test
 
 .PHONY: install run replay migrate test bench soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(TESTS): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(TESTS)
+
+install: $(TESTS)
 
 run: $(STAMP)            ## serve on LLM_METRICS_HOST:LLM_METRICS_PORT (default 127.0.0.1:8001)
 	exec $(PY) -m service serve
@@ -23,13 +29,13 @@ replay: $(STAMP)         ## rebuild the read models from the whole log (service 
 migrate: $(STAMP)
 	$(PY) -m service migrate
 
-test: $(STAMP)
+test: $(TESTS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(TESTS)
 	$(PY) -m bench
 
-soak: $(STAMP)           ## about a minute of mixed load: RSS flat, p99 steady (not in `make test`)
+soak: $(TESTS)           ## about a minute of mixed load: RSS flat, p99 steady (not in `make test`)
 	$(PY) -m tests.soak $(SOAK_ARGS)
 
 clean:
