@@ -12,10 +12,10 @@ batches, and reads of one session, the global totals and a page of sessions, ove
 set of sessions so the read models reach a steady size. The server's RSS is sampled every
 second from /proc.
 
-Passes when, after the warm-up, RSS grows less than 10%, the p99 trend (a robust straight line
-through the p99 of every 5 s) ends within 1.5x (+5 ms) of where it starts, every request
-succeeded, and the server kept up (the last answer came less than 2 s after the end of the
-schedule). On a machine shared with
+Passes when, after the warm-up, RSS grows less than 10%, the p99 does not drift (the median
+p99 of the 5 s windows of the second half is within 1.5x + 20 ms of the first half's), every
+request succeeded, and the server kept up (the last answer came less than 2 s after the end of
+the schedule). On a machine shared with
 other work the measured rate is noisy; `--rate` fixes it instead.
 """
 
@@ -150,15 +150,18 @@ async def seed(port: int) -> None:
         writer.close()
 
 
-async def benchmark(server: ServerProcess, seconds: float = 5.0) -> float:
-    """Requests/s of the mix, closed-loop over CONNECTIONS connections."""
+async def benchmark(server: ServerProcess, warmup: float = 10.0, seconds: float = 8.0) -> float:
+    """Requests/s of the mix, closed-loop over CONNECTIONS connections, after `warmup` s: a
+    fresh log answers about a third faster until SQLite's first WAL checkpoints (about 10 s of
+    this load), and the soak must run at a fraction of the steady rate, not of that burst."""
     await seed(server.port)
     traffic = Traffic(random.Random(3), "bench")
     samples: list[Sample] = []
     start = time.perf_counter()
-    await asyncio.gather(*(connection(server.port, traffic, None, start, seconds, samples)
-                           for _ in range(CONNECTIONS)))
-    return len(samples) / (time.perf_counter() - start)
+    await asyncio.gather(*(connection(server.port, traffic, None, start, warmup + seconds,
+                                      samples) for _ in range(CONNECTIONS)))
+    measured = [s for s in samples if warmup <= s.at + s.latency_ms / 1000]
+    return len(measured) / (time.perf_counter() - start - warmup)
 
 
 def rss_kib(pid: int) -> int:
@@ -229,30 +232,29 @@ def report(samples: list[Sample], rss: list[tuple[float, int]], seconds: float, 
         if growth >= 0.10:
             failures.append(f"RSS grew {growth:.1%} after warm-up")
     first, last = p99_trend(samples, warmup, seconds)
-    print(f"p99 trend after warm-up: {first:.1f} ms -> {last:.1f} ms (limit 1.5x + 5 ms)")
-    if last > 1.5 * first + 5:
+    print(f"p99 after warm-up, median of {TREND_S:.0f} s windows: first half {first:.1f} ms, "
+          f"second half {last:.1f} ms (limit 1.5x + 20 ms)")
+    if last > 1.5 * first + 20:
         failures.append(f"p99 drifted from {first:.1f} ms to {last:.1f} ms")
     return failures
 
 
 def p99_trend(samples: list[Sample], warmup: float, seconds: float) -> tuple[float, float]:
-    """The p99 at the start and at the end of the measured part, from a straight line through
-    the p99 of every TREND_S window. Theil-Sen (the median of the slopes between every pair of
-    windows): a few windows hit by a neighbour's CPU burst do not make a trend."""
+    """The typical p99 of the first and of the second half of the measured part: the median of
+    the p99s of the TREND_S windows in each half, so that a few windows hit by a neighbour's CPU
+    burst do not pass for a trend."""
     points = []
     lo = warmup
     while lo + TREND_S <= seconds:
         lat = [s.latency_ms for s in samples if lo <= s.at < lo + TREND_S]
         if lat:
-            points.append((lo + TREND_S / 2, percentile(lat, .99)))
+            points.append(percentile(lat, .99))
         lo += TREND_S
-    if len(points) < 2:
-        return (points[0][1], points[0][1]) if points else (0.0, 0.0)
-    slopes = sorted((y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points)
-                    for x2, y2 in points[i + 1:])
-    slope = slopes[len(slopes) // 2]
-    intercept = sorted(y - slope * x for x, y in points)[len(points) // 2]
-    return intercept + slope * points[0][0], intercept + slope * points[-1][0]
+    if not points:
+        return 0.0, 0.0
+    half = max(1, len(points) // 2)
+    first, second = sorted(points[:half]), sorted(points[-half:])
+    return first[len(first) // 2], second[len(second) // 2]
 
 
 def main(argv: list[str] | None = None) -> int:
