@@ -178,8 +178,8 @@ def _insert(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
     """`sql VALUES (...), (...), ...`: one statement for many rows.
 
     `executemany` steps SQLite once per row, and the sqlite3 module lets go of the GIL around
-    each step; this thread must then wait for the busy event loop to hand the GIL back, up to
-    the 5 ms switch interval each time. Per row, that made group commits ten times slower.
+    each step; this thread must then wait for the busy event loop to hand the GIL back before
+    the next row. One statement per chunk waits once.
     """
     width = len(rows[0])
     per_statement = _CHUNK // width
