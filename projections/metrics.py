@@ -243,8 +243,27 @@ class MetricsProjection:
                 add_failed(_stats(by_model, model), record.error_type)
 
 
+# Sessions whose stats were built lately: listings and live updates read the same sessions again
+# and again, and a long session costs in proportion to its requests. An entry holds the
+# session itself (so its id stays its own) and is valid while no request was added.
+_built: dict[int, tuple[SessionState, int, ByModel]] = {}
+_BUILT_MAX = 20_000
+
+
 def session_stats(session: SessionState, names: list[str]) -> ByModel:
-    """A session's `Stats` per model, rebuilt from its finished requests."""
+    """A session's `Stats` per model, rebuilt from its finished requests (do not modify)."""
+    size = len(session.finished)
+    hit = _built.get(id(session))
+    if hit is not None and hit[0] is session and hit[1] == size:
+        return hit[2]
+    by_model = _build_stats(session, names)
+    if len(_built) >= _BUILT_MAX:
+        _built.clear()
+    _built[id(session)] = (session, size, by_model)
+    return by_model
+
+
+def _build_stats(session: SessionState, names: list[str]) -> ByModel:
     by_model: ByModel = {}
     f = session.finished
     for i in range(0, len(f), WIDTH):

@@ -163,3 +163,12 @@ def test_output_tokens_per_second_excludes_time_to_first_token():
                                     completion_tokens=100)]))
     assert got["output_tokens_per_second"] == 50.0
     assert got["time_to_first_token_ms_percentiles"]["p50"] == pytest.approx(1000, rel=0.01)
+
+
+def test_a_session_read_twice_sees_requests_added_in_between():
+    models = fold([f.completed(request_id="1")])
+    assert session(models)["total_requests"] == 1
+    wire = [_decode.decode(msgspec.json.encode(f.failed(request_id="2")))]
+    for event in prepare(wire):
+        models.apply(2, event.record)
+    assert session(models)["total_requests"] == 2 and session(models)["failed_requests"] == 1
