@@ -245,28 +245,32 @@ class MetricsProjection:
 
 # Sessions whose stats were built lately: listings and live updates read the same sessions again
 # and again, and a long session costs in proportion to its requests. An entry holds the
-# session itself (so its id stays its own) and is valid while no request was added.
+# session itself (so its id stays its own) and how many of its finished requests it folded:
+# requests are only ever appended, so a later read folds just the new ones.
 _built: dict[int, tuple[SessionState, int, ByModel]] = {}
 _BUILT_MAX = 20_000
 
 
 def session_stats(session: SessionState, names: list[str]) -> ByModel:
-    """A session's `Stats` per model, rebuilt from its finished requests (do not modify)."""
+    """A session's `Stats` per model, from its finished requests (do not modify them)."""
     size = len(session.finished)
     hit = _built.get(id(session))
-    if hit is not None and hit[0] is session and hit[1] == size:
-        return hit[2]
-    by_model = _build_stats(session, names)
-    if len(_built) >= _BUILT_MAX:
-        _built.clear()
+    if hit is not None and hit[0] is session:
+        done, by_model = hit[1], hit[2]
+        if done == size:
+            return by_model
+    else:
+        done, by_model = 0, {}
+        if len(_built) >= _BUILT_MAX:
+            _built.clear()
+    _fold_finished(session, names, done, by_model)
     _built[id(session)] = (session, size, by_model)
     return by_model
 
 
-def _build_stats(session: SessionState, names: list[str]) -> ByModel:
-    by_model: ByModel = {}
+def _fold_finished(session: SessionState, names: list[str], start: int, by_model: ByModel) -> None:
     f = session.finished
-    for i in range(0, len(f), WIDTH):
+    for i in range(start, len(f), WIDTH):
         stats = _stats(by_model, names[f[i + F_MODEL]])
         if f[i + F_ERROR] != NONE:
             add_failed(stats, names[f[i + F_ERROR]])
@@ -280,7 +284,6 @@ def _build_stats(session: SessionState, names: list[str]) -> ByModel:
         if f[i + F_CALLER_PROMPT_P] != NONE:
             add_caller_cost(stats, f[i + F_PROMPT], f[i + F_CACHED], f[i + F_COMPLETION],
                             f[i + F_CALLER_PROMPT_P], f[i + F_CALLER_COMPLETION_P])
-    return by_model
 
 
 def pending_counts(pending: Iterable[Started], cutoff_us: int) -> tuple[int, int]:
