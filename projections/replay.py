@@ -73,6 +73,19 @@ class UndecodableLog(Exception):
         self.position = position
 
 
+class UnfoldableLog(UndecodableLog):
+    """A row that decodes but a projection fails to apply: a bug in the projection."""
+
+    def __init__(self, position: int, reason: str):
+        Exception.__init__(
+            self,
+            f"the event at position {position} decodes but cannot be applied to the read "
+            f"models ({reason}); nothing was changed. This is a bug in a projection: report it "
+            "with this message.",
+        )
+        self.position = position
+
+
 async def replay(
     store: EventStore,
     models: ReadModels,
@@ -118,8 +131,13 @@ async def replay(
                 continue
             if where is not None and not where(record):
                 continue
-            for apply in applies:
-                apply(record)
+            try:
+                for apply in applies:
+                    apply(record)
+            except Exception as exc:  # a projection bug: say where, do not guess a fix
+                if pending is not None:
+                    pending.cancel()
+                raise UnfoldableLog(position, repr(exc)) from exc
         count += len(rows)
         models.position = rows[-1][0]
         if on_progress is not None:

@@ -172,3 +172,17 @@ def test_a_session_read_twice_sees_requests_added_in_between():
     for event in prepare(wire):
         models.apply(2, event.record)
     assert session(models)["total_requests"] == 2 and session(models)["failed_requests"] == 1
+
+
+async def test_a_projection_that_fails_names_the_position(store, monkeypatch):
+    from projections.replay import UnfoldableLog, replay
+    wire = [_decode.decode(msgspec.json.encode(e)) for e in [f.started(), f.completed()]]
+    await store.append([prepare(wire)])
+    models = ReadModels()
+
+    def broken(record):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(models.projections[1], "apply", broken)
+    with pytest.raises(UnfoldableLog, match="position 1 decodes but cannot be applied"):
+        await replay(store, models)
