@@ -159,18 +159,39 @@ class Slice:
         return {m: Metrics(**_fields(s, self.costs[m])) for m, s in sorted(self.by_model.items())}
 
 
+# The request-derived part of recent session answers, valid while the session gained no
+# finished request: reads of the same sessions (listings, live updates) cost a lookup.
+_answers: dict[tuple[int, str | None], tuple] = {}
+_ANSWERS_MAX = 20_000
+
+
+def _session_part(s: SessionState, names: list[str], prices: PriceTable,
+                  model: str | None) -> tuple[dict, list[str], dict[str, Metrics]]:
+    size = len(s.finished)
+    key = (id(s), model)
+    hit = _answers.get(key)
+    if hit is not None and hit[0] is s and hit[1] == size and hit[2] is prices:
+        return hit[3]
+    by_model = session_stats(s, names)
+    part = Slice(by_model if model is None else _only(by_model, model), prices)
+    answer = (part.fields(), part.unpriced, part.per_model())
+    if len(_answers) >= _ANSWERS_MAX:
+        _answers.clear()
+    _answers[key] = (s, size, prices, answer)
+    return answer
+
+
 def session_metrics(state: MetricsState, session_id: str, cutoff_us: int, prices: PriceTable,
                     model: str | None = None) -> SessionMetrics:
     """A session's metrics, or only its requests to `model`."""
     s = state.sessions[session_id]
-    by_model = session_stats(s, state.names)
-    part = Slice(by_model if model is None else _only(by_model, model), prices)
+    fields, unpriced_models, per_model = _session_part(s, state.names, prices, model)
     pending = s.pending.values() if s.pending else ()
     if model is not None:
         pending = [p for p in pending if p.model == model]
     in_flight, stale = pending_counts(pending, cutoff_us)
     return SessionMetrics(
-        **part.fields(),
+        **fields,
         session_id=session_id,
         first_seen=us_to_timestamp(s.first_seen_us),
         last_seen=us_to_timestamp(s.last_seen_us),
@@ -178,8 +199,8 @@ def session_metrics(state: MetricsState, session_id: str, cutoff_us: int, prices
         users=sorted(s.users or ()),
         in_flight_requests=in_flight,
         stale_requests=stale,
-        unpriced_models=part.unpriced,
-        by_model=part.per_model(),
+        unpriced_models=unpriced_models,
+        by_model=per_model,
     )
 
 
