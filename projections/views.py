@@ -149,14 +149,17 @@ class Slice:
         self.by_model = by_model
         self.costs = {m: cost(s, prices.lookup(m)) for m, s in by_model.items()}
         self.unpriced = sorted(m for m, s in by_model.items() if unpriced(s, prices.lookup(m)))
+        self._per_model = {m: _fields(s, self.costs[m]) for m, s in sorted(by_model.items())}
 
     def fields(self) -> dict:
+        if len(self._per_model) == 1:  # most sessions: the one model's fields are the total
+            return dict(next(iter(self._per_model.values())))
         prompt_p = sum(c[0] for c in self.costs.values())
         completion_p = sum(c[1] for c in self.costs.values())
         return _fields(combine(self.by_model.values()), (prompt_p, completion_p))
 
     def per_model(self) -> dict[str, Metrics]:
-        return {m: Metrics(**_fields(s, self.costs[m])) for m, s in sorted(self.by_model.items())}
+        return {m: Metrics(**fields) for m, fields in self._per_model.items()}
 
 
 # The request-derived part of recent session answers, valid while the session gained no
