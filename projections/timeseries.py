@@ -49,6 +49,9 @@ class TimeseriesState(msgspec.Struct, gc=False):
     # cell index (minutes or hours since the epoch) -> model -> cell
     minutes: dict[int, dict[str, Cell]] = {}
     hours: dict[int, dict[str, Cell]] = {}
+    # hour index -> durations of every model: an unfiltered series reads one sketch an hour
+    # instead of merging one per model.
+    hour_durations: dict[int, Sketch] = {}
 
 
 def _cell(cells: dict[int, dict[str, Cell]], index: int, model: str) -> Cell:
@@ -63,7 +66,7 @@ def _cell(cells: dict[int, dict[str, Cell]], index: int, model: str) -> Cell:
 
 class TimeseriesProjection:
     name = "timeseries"
-    version = 2
+    version = 3
     state_type = TimeseriesState
 
     def __init__(self, state: TimeseriesState | None = None):
@@ -114,6 +117,9 @@ class TimeseriesProjection:
                 else:
                     cell.caller_cost_p += caller_p
             hour.durations = counted(hour.durations, bucket)
+            everyone = self._state.hour_durations
+            hour_index = index // 60
+            everyone[hour_index] = counted(everyone.get(hour_index), bucket)
         else:
             for cell in (minute, hour):
                 cell.requests += 1
@@ -162,6 +168,11 @@ def series(state: TimeseriesState, prices: PriceTable, bucket: str, from_us: int
             if not by_model:
                 continue
             chosen = by_model.items() if model is None else [(model, by_model.get(model))]
+            if model is None and which == "hours" and index in state.hour_durations:
+                if per == 1:
+                    sketch = state.hour_durations[index]  # read only: no copy needed
+                else:
+                    sketch.merge(state.hour_durations[index])
             for name, cell in chosen:
                 if cell is None:
                     continue
@@ -169,7 +180,7 @@ def series(state: TimeseriesState, prices: PriceTable, bucket: str, from_us: int
                 total.failed += cell.failed
                 total.total_tokens += cell.total_tokens
                 cost_p += _cost_p(cell, prices.lookup(name))
-                if cell.durations is not None:
+                if cell.durations is not None and model is not None:
                     sketch.merge(cell.durations)
                 if cell.values is not None:
                     values.extend(cell.values)
@@ -178,7 +189,8 @@ def series(state: TimeseriesState, prices: PriceTable, bucket: str, from_us: int
             p50, p95 = (nearest_rank(values, 0.5), nearest_rank(values, 0.95))
             p50, p95 = (None if p50 is None else p50 / 1000, None if p95 is None else p95 / 1000)
         else:
-            p50, p95 = sketch.quantile(0.5), sketch.quantile(0.95)
+            percentiles = sketch.percentiles() or {}
+            p50, p95 = percentiles.get("p50"), percentiles.get("p95")
         points.append(Point(
             start=us_to_timestamp(start),
             requests=total.requests,
