@@ -165,6 +165,26 @@ def outcome(batch: list[dict], status: int, body: bytes, headers) -> Sent | Retr
                 [e for i, e in enumerate(batch) if i not in bad])
 
 
+def delivered(stats: "Stats", batch: list[dict], batch_size: int, default_size: int) -> int:
+    """Count a delivered batch; the batch size to use next (back to normal after a 413)."""
+    stats.sent += len(batch)
+    stats.batches += 1
+    return default_size if batch_size < default_size else batch_size
+
+
+def after_drop(result: Drop, batch: list[dict], batch_size: int,
+               stats: "Stats") -> tuple[list[dict], int, list[dict]]:
+    """After a refusal: (what to send now, the batch size, what goes back to the buffer)."""
+    if result.dropped:
+        stats.rejected += len(result.dropped)
+        log.error("llm-metrics: the service refused %d events (%s); they are not retried",
+                  len(result.dropped), result.reason)
+        return result.keep, batch_size, []
+    # 413: too big in one request; send the first half now, the rest goes back.
+    half = max(1, len(batch) // 2)
+    return batch[:half], half, batch[half:]
+
+
 def _json(body: bytes) -> dict:
     try:
         value = json.loads(body)

@@ -14,8 +14,8 @@ import urllib.error
 import urllib.request
 import weakref
 
-from client._core import (HEADER, Backoff, Buffer, Drop, Retry, Sent, Stats, encode, log,
-                          outcome, serialisable)
+from client._core import (HEADER, Backoff, Buffer, Drop, Retry, Sent, Stats, after_drop,
+                          delivered, encode, log, outcome, serialisable)
 from client.tracking import Request
 
 
@@ -147,21 +147,12 @@ class MetricsClient:
         while batch:
             result = self._post(batch)
             if isinstance(result, Sent):
-                self.stats.sent += len(batch)
-                self.stats.batches += 1
-                return self.batch_size if batch_size < self.batch_size else batch_size
+                return delivered(self.stats, batch, batch_size, self.batch_size)
             if isinstance(result, Drop):
-                if result.dropped:
-                    self.stats.rejected += len(result.dropped)
-                    log.error("llm-metrics: the service refused %d events (%s); they are not "
-                              "retried", len(result.dropped), result.reason)
-                    batch = result.keep
-                    continue
-                # 413: too big in one request; send the first half now, the rest goes back.
-                half = max(1, len(batch) // 2)
-                with self._cond:
-                    self._buffer.put_back(batch[half:])
-                batch, batch_size = batch[:half], half
+                batch, batch_size, back = after_drop(result, batch, batch_size, self.stats)
+                if back:
+                    with self._cond:
+                        self._buffer.put_back(back)
                 continue
             self.stats.retries += 1
             delay = self.backoff.delay(attempt, result.retry_after)

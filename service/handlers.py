@@ -9,11 +9,9 @@ import msgspec
 from aiohttp import web
 
 from events.store import Rejected
-from projections import views
 from service import export, ingest, keys
 from service.errors import json_error
 from service.params import int_param
-from service.problems import ApiError
 from service.stream import HEARTBEAT, HEARTBEAT_S
 
 _encode = msgspec.json.Encoder().encode
