@@ -11,7 +11,8 @@ The rules (the seed's definitions, extended by the analytics issue):
 Wide slices (a model, a user, a tag) keep running `Stats`. A session keeps instead a compact
 record of each finished request (twelve 64-bit integers in one array, no object per request)
 and builds its `Stats` when read: sessions are small, and this keeps memory and fold time low
-on logs with millions of sessions.
+on logs with millions of sessions. A long session folds its records into `Stats` every
+COMPACT_AT requests, so its memory stays bounded too.
 
 The store guarantees each request has at most one started and one terminal event, so a small
 dict and set per session are enough to match them up in any order.
@@ -28,7 +29,7 @@ import msgspec
 from events.records import Completed, Failed, Record, Started
 from projections.prices import PriceTable, caller_cost_split
 from projections.sketch import bucket_of
-from projections.stats import Stats, add_caller_cost, add_completed, add_failed
+from projections.stats import Stats, add_caller_cost, add_completed, add_failed, combine
 
 ByModel = dict[str, Stats]
 
@@ -36,6 +37,7 @@ ByModel = dict[str, Stats]
 (F_MODEL, F_ERROR, F_DURATION_US, F_PROMPT, F_COMPLETION, F_TOTAL, F_CACHED, F_REASONING,
  F_TOOLS, F_TTFT_US, F_CALLER_PROMPT_P, F_CALLER_COMPLETION_P) = range(12)
 WIDTH = 12
+COMPACT_AT = 32
 NONE = -1  # "no value" in the integer layout (all real values are >= 0)
 # Packing into bytes and appending them is 3x cheaper than array.extend() with a tuple.
 _pack = struct.Struct(f"={WIDTH}q").pack
@@ -61,6 +63,9 @@ class SessionState(msgspec.Struct, gc=False):
     pending: dict[str, Started] | None = None
     # Requests whose terminal event came before their start.
     finished_first: set[str] | None = None
+    # Long sessions: the Stats of their older finished requests, folded once `finished` held
+    # COMPACT_AT of them, so a session's memory stops growing with its requests.
+    compacted: ByModel | None = None
 
 
 class MetricsState(msgspec.Struct, gc=False):
@@ -99,7 +104,7 @@ class MetricsProjection:
 
     name = "metrics"
     # Bump when the state's shape or the fold's rules change: old snapshots are then ignored.
-    version = 5
+    version = 6
     state_type = MetricsState
 
     def __init__(self, prices: PriceTable, state: MetricsState | None = None):
@@ -225,6 +230,8 @@ class MetricsProjection:
                 self._name(model), NONE, duration_us, prompt, completion, record.total_tokens,
                 cached, record.reasoning_tokens, tools, ttft_us, caller_p, caller_c))
             session.total_tokens += record.total_tokens
+            if len(session.finished) >= COMPACT_AT * WIDTH:
+                _compact(session, state.names)
             args = (duration_us, prompt, completion, record.total_tokens, cached,
                     record.reasoning_tokens, tools,
                     duration_us if ttft is None else duration_us - ttft_us,
@@ -239,33 +246,44 @@ class MetricsProjection:
             session.finished.frombytes(_pack(self._name(model), self._name(record.error_type),
                                              *_ZEROS))
             session.failed += 1
+            if len(session.finished) >= COMPACT_AT * WIDTH:
+                _compact(session, state.names)
             for by_model in dims:
                 add_failed(_stats(by_model, model), record.error_type)
 
 
 # Sessions whose stats were built lately: listings and live updates read the same sessions again
 # and again, and a long session costs in proportion to its requests. An entry holds the
-# session itself (so its id stays its own) and how many of its finished requests it folded:
+# session's `finished` array itself (a compaction replaces it) and how much of it was folded:
 # requests are only ever appended, so a later read folds just the new ones.
-_built: dict[int, tuple[SessionState, int, ByModel]] = {}
+_built: dict[int, tuple[array, int, ByModel]] = {}
 _BUILT_MAX = 20_000
 
 
 def session_stats(session: SessionState, names: list[str]) -> ByModel:
     """A session's `Stats` per model, from its finished requests (do not modify them)."""
-    size = len(session.finished)
+    finished = session.finished
+    size = len(finished)
     hit = _built.get(id(session))
-    if hit is not None and hit[0] is session:
+    if hit is not None and hit[0] is finished:
         done, by_model = hit[1], hit[2]
         if done == size:
             return by_model
     else:
-        done, by_model = 0, {}
+        done = 0
+        by_model = {m: combine([s]) for m, s in (session.compacted or {}).items()}
         if len(_built) >= _BUILT_MAX:
             _built.clear()
     _fold_finished(session, names, done, by_model)
-    _built[id(session)] = (session, size, by_model)
+    _built[id(session)] = (finished, size, by_model)
     return by_model
+
+
+def _compact(session: SessionState, names: list[str]) -> None:
+    by_model = session.compacted if session.compacted is not None else {}
+    _fold_finished(session, names, 0, by_model)
+    session.compacted = by_model
+    session.finished = array("q")
 
 
 def _fold_finished(session: SessionState, names: list[str], start: int, by_model: ByModel) -> None:

@@ -173,14 +173,15 @@ def _session_part(s: SessionState, names: list[str], prices: PriceTable,
     size = len(s.finished)
     key = (id(s), model)
     hit = _answers.get(key)
-    if hit is not None and hit[0] is s and hit[1] == size and hit[2] is prices:
+    # A compaction replaces `finished`, so its identity is part of what the answer depends on.
+    if hit is not None and hit[0] is s.finished and hit[1] == size and hit[2] is prices:
         return hit[3]
     by_model = session_stats(s, names)
     part = Slice(by_model if model is None else _only(by_model, model), prices)
     answer = (part.fields(), part.unpriced, part.per_model())
     if len(_answers) >= _ANSWERS_MAX:
         _answers.clear()
-    _answers[key] = (s, size, prices, answer)
+    _answers[key] = (s.finished, size, prices, answer)
     return answer
 
 

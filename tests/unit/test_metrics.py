@@ -186,3 +186,35 @@ async def test_a_projection_that_fails_names_the_position(store, monkeypatch):
     monkeypatch.setattr(models.projections[1], "apply", broken)
     with pytest.raises(UnfoldableLog, match="position 1 decodes but cannot be applied"):
         await replay(store, models)
+
+
+def test_a_long_session_is_compacted_and_answers_the_same(monkeypatch):
+    from projections import metrics
+    events = []
+    for i in range(3 * metrics.COMPACT_AT + 5):
+        events.append(f.completed(request_id=str(i), duration_ms=100 + i, prompt_tokens=i,
+                                  model="a" if i % 3 else "b", t=i))
+        if i % 7 == 0:
+            events.append(f.failed(request_id=f"x{i}", model="b", t=i, error_type=f"E{i % 2}"))
+    whole = fold(events)
+    state = whole.metrics.state.sessions["s1"]
+    assert state.compacted is not None
+    assert len(state.finished) < metrics.COMPACT_AT * metrics.WIDTH
+    # Read between compactions too: the cached answer must follow each one.
+    step = fold(events[:40])
+    before = session(step)
+    wire = [_decode.decode(msgspec.json.encode(e)) for e in events[40:]]
+    for position, event in enumerate(prepare(wire), 41):
+        step.apply(position, event.record)
+        if position % 9 == 0:
+            session(step)
+    assert session(step) == session(whole) != before
+    got = session(whole)
+    assert got["total_requests"] == len(events)
+    assert got["total_prompt_tokens"] == sum(e.get("prompt_tokens", 0) for e in events
+                                             if e["type"] == "LLM_REQUEST_COMPLETED")
+    assert set(got["by_model"]) == {"a", "b"}
+    monkeypatch.setattr(metrics, "COMPACT_AT", 10**9)
+    never_compacted = fold(events)
+    assert never_compacted.metrics.state.sessions["s1"].compacted is None
+    assert session(never_compacted) == got
