@@ -13,12 +13,11 @@ import sqlite3
 import time
 
 import asyncpg
-import msgspec
 
 from bench import dataset
 from bench.common import FULL, Figure, Sizes, main_for, ratio
 from bench.postgres import fresh_schema, migrated
-from events.records import Completed, Record
+from bench.replay import fold_page
 from events.postgres_store import PostgresStore
 from projections.replay import PAGE, ReadModels, replay
 
@@ -70,7 +69,6 @@ async def read_rate(url: str) -> float:
 
 
 async def fold_ceiling(url: str) -> float:
-    decode = msgspec.msgpack.Decoder(Record).decode
     sessions: dict[str, list[int]] = {}
     count, after = 0, 0
     conn = await asyncpg.connect(url)
@@ -78,14 +76,7 @@ async def fold_ceiling(url: str) -> float:
         started = time.perf_counter()
         while rows := await conn.fetch("SELECT position, payload FROM events WHERE position > $1 "
                                        "ORDER BY position LIMIT $2", after, PAGE):
-            for _position, payload in rows:
-                record = decode(payload)
-                session = sessions.get(record.session_id)
-                if session is None:
-                    session = sessions[record.session_id] = [0, 0]
-                session[0] += 1
-                if type(record) is Completed:
-                    session[1] += record.total_tokens
+            fold_page(sessions, [payload for _position, payload in rows])
             count += len(rows)
             after = rows[-1][0]
         return count / (time.perf_counter() - started)

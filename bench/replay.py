@@ -70,23 +70,31 @@ def service_replay(log: Path) -> tuple[ServiceReplay, bytes]:
     return _runs[log]
 
 
+_decode = msgspec.msgpack.Decoder(Record).decode
+
+
+def fold_page(sessions: dict[str, list[int]], payloads) -> None:
+    """The ceiling's fold of one page: decode each payload, count it in a dict per session."""
+    decode = _decode
+    for payload in payloads:
+        record = decode(payload)
+        session = sessions.get(record.session_id)
+        if session is None:
+            session = sessions[record.session_id] = [0, 0]
+        session[0] += 1
+        if type(record) is Completed:
+            session[1] += record.total_tokens
+
+
 def fold_ceiling(path: Path) -> tuple[dict, int]:
     """The ceiling: read every payload, decode it, fold it into a dict per session."""
-    decode = msgspec.msgpack.Decoder(Record).decode
     sessions: dict[str, list[int]] = {}
     count = 0
     conn = sqlite3.connect(path)
     try:
         cur = conn.execute("SELECT payload FROM events ORDER BY position")
         while rows := cur.fetchmany(PAGE):
-            for (payload,) in rows:
-                record = decode(payload)
-                session = sessions.get(record.session_id)
-                if session is None:
-                    session = sessions[record.session_id] = [0, 0]
-                session[0] += 1
-                if type(record) is Completed:
-                    session[1] += record.total_tokens
+            fold_page(sessions, [payload for (payload,) in rows])
             count += len(rows)
     finally:
         conn.close()
