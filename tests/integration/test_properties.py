@@ -25,6 +25,7 @@ from projections import views
 from projections.filters import EventFilter
 from projections.prices import PriceTable
 from projections.query import fold
+from projections.timeseries import series
 from projections.replay import (ReadModels, decode_snapshot, decode_state, encode_snapshot,
                                 replay)
 from service.ingest import prepare
@@ -68,6 +69,11 @@ def requests(draw):
     return [r for r in out if r["start"] or r["outcome"]] or [dict(out[0], start=True)]
 
 
+def us(seconds: int) -> int:
+    return (T0 - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1) \
+        + seconds * 1_000_000
+
+
 def iso(seconds: int) -> str:
     return (T0 + timedelta(seconds=seconds)).isoformat()
 
@@ -109,8 +115,14 @@ def cost(r):
             + r["completion"] * price["output"]) / 1e6
 
 
+def ttft_of(r: dict) -> float:
+    return 0.0 if r["ttft"] is None else r["ttft"] * r["duration"]
+
+
 def oracle(reqs: list[dict], newest: int) -> dict:
     done = [r for r in reqs if r["outcome"] == "completed"]
+    ttfts = [ttft_of(r) for r in done if r["ttft"] is not None]
+    generating = [r for r in done if r["duration"] - ttft_of(r) > 0]
     failed = [r for r in reqs if r["outcome"] == "failed"]
     open_ = [r for r in reqs if r["start"] and not r["outcome"]]
     stale = [r for r in open_ if r["t"] < newest - STALE_S]
@@ -130,16 +142,35 @@ def oracle(reqs: list[dict], newest: int) -> dict:
         in_flight_requests=len(open_) - len(stale),
         stale_requests=len(stale),
         p95=exact_quantile([r["duration"] for r in done], 0.95) if done else None,
+        ttft_p95=exact_quantile(ttfts, 0.95) if ttfts else None,
+        tokens_per_s=(round(sum(r["completion"] for r in generating)
+                            / sum((r["duration"] - ttft_of(r)) / 1000 for r in generating), 2)
+                      if generating else None),
         models=sorted({r["model"] for r in done + failed}),
     )
 
 
+def close_to(got: float | None, want: float | None, rel: float) -> bool:
+    if want is None or got is None:
+        return got is None and want is None
+    return abs(got - want) <= rel * abs(want) + 1e-6
+
+
 def check(got: dict, want: dict) -> None:
+    """Compare a response with the oracle, on the fields the response has."""
     for key in ("total_requests", "successful_requests", "failed_requests", "total_prompt_tokens",
                 "total_completion_tokens", "total_tokens", "cached_prompt_tokens",
                 "reasoning_tokens", "requests_with_tools", "errors_by_type", "in_flight_requests",
                 "stale_requests"):
-        assert got[key] == want[key], key
+        if key in got:
+            assert got[key] == want[key], key
+    ttft_p95 = (got["time_to_first_token_ms_percentiles"] or {}).get("p95")
+    if want["ttft_p95"] is None or want["ttft_p95"] > 1e-3:
+        assert close_to(ttft_p95, want["ttft_p95"], 0.0101), (ttft_p95, want["ttft_p95"])
+    # Durations are folded as whole microseconds, hence the small absolute slack.
+    assert close_to(got["output_tokens_per_second"], want["tokens_per_s"], 0.001) or (
+        want["tokens_per_s"] is not None and abs(got["output_tokens_per_second"]
+                                                 - want["tokens_per_s"]) < 0.05)
     assert got["total_duration_ms"] == pytest.approx(want["total_duration_ms"], abs=1e-3 * 30)
     assert got["total_cost_usd"] == pytest.approx(want["total_cost_usd"], rel=1e-9, abs=1e-12)
     p95 = (got["duration_ms_percentiles"] or {}).get("p95")
@@ -147,7 +178,8 @@ def check(got: dict, want: dict) -> None:
         assert p95 is None
     elif want["p95"] > 1e-6:
         assert abs(p95 - want["p95"]) <= 0.0101 * want["p95"]
-    assert sorted(got["by_model"]) == want["models"]
+    if "by_model" in got:
+        assert sorted(got["by_model"]) == want["models"]
 
 
 # ---- running the real thing ---------------------------------------------------------------------
@@ -223,6 +255,23 @@ def test_metrics_equal_the_oracle_in_any_order(reqs, rng):
                  + ([r["t"] + r["took"]] if r["outcome"] else []))
     check(got["total"], oracle(reqs, newest))
     assert got["total"]["total_sessions"] == len({r["session"] for r in reqs})
+    for model, metrics in got["total"]["by_model"].items():
+        check(metrics, oracle([r for r in reqs if r["model"] == model], newest))
+    state = live.metrics.state
+    cutoff = state.newest_event_us - STALE_S * 1_000_000
+    for user in ("u1", "u2"):
+        mine = [r for r in reqs if r["user"] == user]
+        if any(r["outcome"] for r in mine):
+            sliced = msgspec.to_builtins(views.global_metrics(state, cutoff, PRICES,
+                                                              EventFilter(user_id=user)))
+            check(sliced, oracle(mine, newest))
+    hours = series(live.timeseries.state, PRICES, "1h", us(0), us(3 * 3600))
+    assert [p.requests for p in hours.points] == [
+        sum(1 for r in reqs if r["outcome"] and h * 3600 <= r["t"] + r["took"] < (h + 1) * 3600)
+        for h in range(3)]
+    assert [p.failed_requests for p in hours.points] == [
+        sum(1 for r in reqs if r["outcome"] == "failed"
+            and h * 3600 <= r["t"] + r["took"] < (h + 1) * 3600) for h in range(3)]
     for sid in {r["session"] for r in reqs}:
         check(got["sessions"][sid], oracle([r for r in reqs if r["session"] == sid], newest))
 
