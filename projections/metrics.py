@@ -122,8 +122,9 @@ class MetricsProjection:
 
     @property
     def fingerprint(self) -> str:
-        """What a snapshot must match: the fold's version, and the prices (a caller's
-        `cost_usd` is split between prompt and completion in the table's proportions)."""
+        """What a snapshot must match: the fold's version, and the prices it folded with (each
+        session's cost sum for sorting, and the split of a caller's `cost_usd` between prompt
+        and completion, use the table; every other cost is computed when read)."""
         return f"{self.version}/{self.prices.digest}"
 
     def _name(self, name: str) -> int:
