@@ -47,20 +47,31 @@ def executemany_ceiling(bodies: list[bytes], path) -> float:
     return sum(map(len, batches)) / elapsed
 
 
+def batch_bodies(sizes: Sizes) -> list[bytes]:
+    """The workload: `batch_events` events as JSON arrays of `batch_size`."""
+    return list(dataset.batches(sizes.batch_events, max(1, sizes.batch_events // 10),
+                                sizes.batch_size))
+
+
+def post_batches(server, bodies: list[bytes], sizes: Sizes):
+    """Post every body with `batch_clients` concurrent clients; (events/s, the load report).
+    Fails unless every post was acknowledged and the log holds every event."""
+    requests = [Request("POST", "/events", "application/json", body) for body in bodies]
+    report = load(server.port, requests, sizes.batch_clients)
+    _, health = server.request("GET", "/health")
+    if report.statuses != {"201": len(bodies)} or health["position"] != sizes.batch_events:
+        raise RuntimeError(f"batch ingest failed: {report.statuses}, {health}")
+    return sizes.batch_events / report.seconds, report
+
+
 def run(sizes: Sizes = FULL) -> list[Figure]:
-    bodies = list(dataset.batches(sizes.batch_events, max(1, sizes.batch_events // 10),
-                                  sizes.batch_size))
+    bodies = batch_bodies(sizes)
     work = scratch()
     db = work / "ingest-batch.db"
     for leftover in work.glob(db.name + "*"):
         leftover.unlink()
-    requests = [Request("POST", "/events", "application/json", body) for body in bodies]
     with service(db, "ingest_batch", LLM_METRICS_SNAPSHOT_EVERY="0") as server:
-        report = load(server.port, requests, sizes.batch_clients)
-        status, health = server.request("GET", "/health")
-    if report.statuses != {"201": len(bodies)} or health["position"] != sizes.batch_events:
-        raise RuntimeError(f"batch ingest failed: {report.statuses}, {health}")
-    rate = sizes.batch_events / report.seconds
+        rate, report = post_batches(server, bodies, sizes)
     ceiling = executemany_ceiling(bodies, work / "ingest-batch-ceiling.db")
     for leftover in work.glob("ingest-batch*"):
         leftover.unlink()

@@ -13,9 +13,8 @@ import time
 
 import asyncpg
 
-from bench import dataset
-from bench.common import FULL, Figure, Sizes, load, main_for, ratio
-from bench.loadgen import Request
+from bench.common import FULL, Figure, Sizes, main_for, ratio
+from bench.ingest_batch import batch_bodies, post_batches
 from bench.postgres import fresh_schema, migrated, replicas
 from service.ingest import parse_body
 
@@ -47,15 +46,9 @@ async def insert_ceiling(bodies: list[bytes], url: str) -> float:
 
 
 def run(sizes: Sizes = FULL) -> list[Figure]:
-    bodies = list(dataset.batches(sizes.batch_events, max(1, sizes.batch_events // 10),
-                                  sizes.batch_size))
-    requests = [Request("POST", "/events", "application/json", body) for body in bodies]
+    bodies = batch_bodies(sizes)
     with fresh_schema("batch") as (_, url), replicas(url, 1) as [server]:
-        report = load(server.port, requests, sizes.batch_clients)
-        status, health = server.request("GET", "/health")
-    if report.statuses != {"201": len(bodies)} or health["position"] != sizes.batch_events:
-        raise RuntimeError(f"batch ingest failed: {report.statuses}, {health}")
-    rate = sizes.batch_events / report.seconds
+        rate, report = post_batches(server, bodies, sizes)
     with fresh_schema("batch_ceiling") as (_, url):
         ceiling = asyncio.run(insert_ceiling(bodies, url))
     return [Figure(

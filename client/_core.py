@@ -124,6 +124,39 @@ class Backoff:
         return min(self.cap, self.base * 2 ** min(attempt, 30)) * random.uniform(0.5, 1.0)
 
 
+class ClientBase:
+    """What both client flavours are configured with; the flavour adds how it sends.
+
+    `batch_size` events or `flush_interval` seconds make a batch; at most `max_queue` events wait
+    (the oldest are dropped past that); `timeout` bounds one post; `backoff` spaces retries.
+    """
+
+    def __init__(self, base_url: str, secret: str, *, batch_size: int = 100,
+                 flush_interval: float = 1.0, max_queue: int = 10_000, timeout: float = 10.0,
+                 backoff: Backoff = Backoff()):
+        self.url = base_url.rstrip("/") + "/events"
+        self._secret = secret
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.timeout = timeout
+        self.backoff = backoff
+        self.stats = Stats()
+        self._buffer = Buffer(max_queue, self.stats)
+        self._in_flight = 0
+        self._flush_requested = False
+        self._closed = False
+
+    def emit(self, event: dict) -> None:
+        raise NotImplementedError
+
+    def track(self, session_id: str, model: str, **options):
+        """`with client.track(session_id, model) as req:` (`async with` works too; see
+        `client.Request`)."""
+        from client.tracking import Request  # tracking builds on this module
+
+        return Request(self.emit, session_id, model, **options)
+
+
 class Sent(NamedTuple):
     appended: int
     duplicates: int

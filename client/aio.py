@@ -12,36 +12,25 @@ import contextlib
 
 import aiohttp
 
-from client._core import (HEADER, Backoff, Buffer, Drop, Retry, Sent, Stats, after_drop,
+from client._core import (HEADER, ClientBase, Drop, Retry, Sent, after_drop,
                           delivered, encode, log, outcome, serialisable)
-from client.tracking import Request
 
 
-class AsyncMetricsClient:
+class AsyncMetricsClient(ClientBase):
     """Batched, retrying, memory-bounded event sender for asyncio code.
 
     Use it as `async with AsyncMetricsClient(url, secret) as metrics:` or call `await close()`.
     The flusher starts with the first event (or `start()`), on the running loop.
     """
 
-    def __init__(self, base_url: str, secret: str, *, batch_size: int = 100,
-                 flush_interval: float = 1.0, max_queue: int = 10_000, timeout: float = 10.0,
-                 backoff: Backoff = Backoff()):
-        self.url = base_url.rstrip("/") + "/events"
-        self._secret = secret
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.timeout = timeout
-        self.backoff = backoff
-        self.stats = Stats()
-        self._buffer = Buffer(max_queue, self.stats)
+    def __init__(self, base_url: str, secret: str, **settings):
+        """Settings (see `ClientBase`): batch_size=100, flush_interval=1.0 s, max_queue=10_000,
+        timeout=10.0 s, backoff=Backoff()."""
+        super().__init__(base_url, secret, **settings)
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._in_flight = 0
-        self._flush_requested = False
-        self._closed = False
 
     # -- the caller's side ---------------------------------------------------------------------
 
@@ -62,10 +51,6 @@ class AsyncMetricsClient:
         self._idle.clear()
         if len(self._buffer) >= self.batch_size or len(self._buffer) == 1:
             self._wakeup.set()  # the first event starts the interval clock, a full batch goes
-
-    def track(self, session_id: str, model: str, **options) -> Request:
-        """`async with client.track(session_id, model) as req:` (plain `with` works too)."""
-        return Request(self.emit, session_id, model, **options)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Send everything queued now; True once delivered (or refused), False on timeout."""

@@ -63,6 +63,13 @@ def instrument(openai_client: Any, metrics: Any, *, session_id: str | Callable[[
         req.start()
         return req, added_usage
 
+    def finish(req, result, kwargs, added_usage, stream_type):
+        if kwargs.get("stream"):
+            return stream_type(result, req, added_usage)
+        _record_response(req, result)
+        req.complete()
+        return result
+
     if _is_async(original):
         @functools.wraps(original)
         async def create(*args, **kwargs):
@@ -72,11 +79,7 @@ def instrument(openai_client: Any, metrics: Any, *, session_id: str | Callable[[
             except BaseException as exc:
                 req.fail(exc)
                 raise
-            if kwargs.get("stream"):
-                return AsyncTrackedStream(result, req, added_usage)
-            _record_response(req, result)
-            req.complete()
-            return result
+            return finish(req, result, kwargs, added_usage, AsyncTrackedStream)
     else:
         @functools.wraps(original)
         def create(*args, **kwargs):
@@ -86,11 +89,7 @@ def instrument(openai_client: Any, metrics: Any, *, session_id: str | Callable[[
             except BaseException as exc:
                 req.fail(exc)
                 raise
-            if kwargs.get("stream"):
-                return TrackedStream(result, req, added_usage)
-            _record_response(req, result)
-            req.complete()
-            return result
+            return finish(req, result, kwargs, added_usage, TrackedStream)
 
     create.__llm_metrics__ = True
     completions.create = create

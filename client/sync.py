@@ -14,12 +14,11 @@ import urllib.error
 import urllib.request
 import weakref
 
-from client._core import (HEADER, Backoff, Buffer, Drop, Retry, Sent, Stats, after_drop,
+from client._core import (HEADER, ClientBase, Drop, Retry, Sent, after_drop,
                           delivered, encode, log, outcome, serialisable)
-from client.tracking import Request
 
 
-class MetricsClient:
+class MetricsClient(ClientBase):
     """Send LLM request events to an LLM Metrics service, batched, in the background.
 
     A batch leaves when `batch_size` events are queued or `flush_interval` seconds after its
@@ -29,23 +28,13 @@ class MetricsClient:
     `stats.dropped`, with a warning.
     """
 
-    def __init__(self, base_url: str, secret: str, *, batch_size: int = 100,
-                 flush_interval: float = 1.0, max_queue: int = 10_000, timeout: float = 10.0,
-                 backoff: Backoff = Backoff()):
-        self.url = base_url.rstrip("/") + "/events"
-        self._secret = secret
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.timeout = timeout
-        self.backoff = backoff
-        self.stats = Stats()
-        self._buffer = Buffer(max_queue, self.stats)
+    def __init__(self, base_url: str, secret: str, **settings):
+        """Settings (see `ClientBase`): batch_size=100, flush_interval=1.0 s, max_queue=10_000,
+        timeout=10.0 s, backoff=Backoff()."""
+        super().__init__(base_url, secret, **settings)
         self._cond = threading.Condition()
         self._oldest_at: float | None = None
-        self._in_flight = 0
-        self._flush_requested = False
         self._closing = False
-        self._closed = False
         self._thread = threading.Thread(target=self._run, name="llm-metrics-flusher", daemon=True)
         self._thread.start()
         # Deliver what is queued when the program exits (without keeping the client alive).
@@ -65,10 +54,6 @@ class MetricsClient:
             if len(self._buffer) >= self.batch_size or len(self._buffer) == 1:
                 # The first event starts the interval clock; a full batch goes now.
                 self._cond.notify_all()
-
-    def track(self, session_id: str, model: str, **options) -> Request:
-        """`with client.track(session_id, model) as req:` (see `client.Request`)."""
-        return Request(self.emit, session_id, model, **options)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything queued now; True once delivered (or refused), False on timeout."""
