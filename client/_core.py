@@ -218,6 +218,14 @@ def after_drop(result: Drop, batch: list[dict], batch_size: int,
     return batch[:half], half, batch[half:]
 
 
+def retry_delay(stats: "Stats", backoff: "Backoff", attempt: int, result: Retry) -> float:
+    """Count a retry and say how long to wait before it (the service's `Retry-After` wins)."""
+    stats.retries += 1
+    delay = backoff.delay(attempt, result.retry_after)
+    log.info("llm-metrics: %s; retrying in %.1f s", result.reason, delay)
+    return delay
+
+
 def _json(body: bytes) -> dict:
     try:
         value = json.loads(body)

@@ -13,7 +13,8 @@ import contextlib
 import aiohttp
 
 from client._core import (HEADER, ClientBase, Drop, Retry, Sent, after_drop,
-                          delivered, encode, log, outcome, serialisable)
+                          delivered, encode, log, outcome, retry_delay,
+                          serialisable)
 
 
 class AsyncMetricsClient(ClientBase):
@@ -138,10 +139,8 @@ class AsyncMetricsClient(ClientBase):
                     if back:
                         self._buffer.put_back(back)
                     continue
-                self.stats.retries += 1
-                delay = self.backoff.delay(attempt, result.retry_after)
+                delay = retry_delay(self.stats, self.backoff, attempt, result)
                 attempt += 1
-                log.info("llm-metrics: %s; retrying in %.1f s", result.reason, delay)
                 await asyncio.sleep(delay)
         except asyncio.CancelledError:
             self._buffer.put_back(batch)  # closing: counted as not delivered

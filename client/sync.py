@@ -15,7 +15,8 @@ import urllib.request
 import weakref
 
 from client._core import (HEADER, ClientBase, Drop, Retry, Sent, after_drop,
-                          delivered, encode, log, outcome, serialisable)
+                          delivered, encode, log, outcome, retry_delay,
+                          serialisable)
 
 
 class MetricsClient(ClientBase):
@@ -139,10 +140,8 @@ class MetricsClient(ClientBase):
                     with self._cond:
                         self._buffer.put_back(back)
                 continue
-            self.stats.retries += 1
-            delay = self.backoff.delay(attempt, result.retry_after)
+            delay = retry_delay(self.stats, self.backoff, attempt, result)
             attempt += 1
-            log.info("llm-metrics: %s; retrying in %.1f s", result.reason, delay)
             with self._cond:
                 if self._closing or self._cond.wait_for(lambda: self._closing, delay):
                     self._buffer.put_back(batch)  # counted as not delivered by close()
