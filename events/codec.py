@@ -71,6 +71,7 @@ def to_record(event: WireEvent) -> Record:
             event.user_id,
             tags,
             event.provider,
+            event.cache_write_prompt_tokens or 0,
         )
     if type(event) is LlmRequestFailed:
         return Failed(
@@ -115,6 +116,7 @@ def to_wire(record: Record, event_id: str) -> WireEvent:
             reasoning_tokens=record.reasoning_tokens or None,
             finish_reason=record.finish_reason,
             cost_usd=record.cost_usd,
+            cache_write_prompt_tokens=record.cache_write_prompt_tokens or None,
         )
     if type(record) is Failed:
         return LlmRequestFailed(

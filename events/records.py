@@ -56,6 +56,7 @@ class Completed(_Record, tag=2):
     user_id: str | None = None
     tags: tuple[str, ...] = ()
     provider: str | None = None
+    cache_write_prompt_tokens: int = 0
 
 
 class Failed(_Record, tag=3):

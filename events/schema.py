@@ -60,6 +60,9 @@ class LlmRequestCompleted(_WireEvent, tag="LLM_REQUEST_COMPLETED"):
     tool_calls: Count | None = None
     time_to_first_token_ms: Millis | None = None
     cached_prompt_tokens: Count | None = None
+    # The part of prompt_tokens written to the provider's prompt cache (Anthropic's
+    # cache_creation_input_tokens); cached + cache_write <= prompt_tokens.
+    cache_write_prompt_tokens: Count | None = None
     reasoning_tokens: Count | None = None
     finish_reason: Label | None = None
     # Bounded so a cost folds into 64-bit pico-dollars; no single request costs a million.

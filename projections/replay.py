@@ -14,7 +14,7 @@ import os
 import time
 from array import array
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import msgspec
 
@@ -49,6 +49,11 @@ class ReadModels:
         for projection in self.projections:
             projection.apply(record)
         self.position = position
+
+    async def apply_rows(self, rows: Sequence[tuple[int, Record]]) -> None:
+        """Apply `(position, record)` rows, in increasing position order, after `position`."""
+        for position, record in rows:
+            self.apply(position, record)
 
 
 class ReplayReport(NamedTuple):

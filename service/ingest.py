@@ -114,6 +114,9 @@ def _inconsistency(record: Record, latest_us: int) -> tuple[str, str] | None:
         if record.cached_prompt_tokens > record.prompt_tokens:
             return "$.cached_prompt_tokens", "cached_prompt_tokens is part of prompt_tokens and " \
                                              "cannot exceed it"
+        if record.cached_prompt_tokens + record.cache_write_prompt_tokens > record.prompt_tokens:
+            return "$.cache_write_prompt_tokens", "cached_prompt_tokens + " \
+                "cache_write_prompt_tokens are parts of prompt_tokens and cannot exceed it"
         if record.reasoning_tokens > record.completion_tokens:
             return "$.reasoning_tokens", "reasoning_tokens is part of completion_tokens and " \
                                          "cannot exceed it"

@@ -91,27 +91,29 @@ class Tailer:
             if models.position < own[0][0] - 1:
                 # Cannot happen while appends are serialised; the tailer applies them later.
                 raise StoreError(f"rows before position {own[0][0]} are not readable yet")
-            apply = models.apply
-            for position, event in own:
-                if position > models.position:
-                    apply(position, event.record)
+            await models.apply_rows([(position, event.record) for position, event in own
+                                     if position > models.position])
 
     async def _catch_up(self) -> int:
         models = self._models
         applied = 0
         while True:
             rows = await self._store.read(models.position, PAGE)
+            decoded = []
             for position, _event_id, payload, _recorded_at in rows:
-                if position != models.position + 1:
+                expected = (decoded[-1][0] if decoded else models.position) + 1
+                if position != expected:
                     self._complain("gap in the log: position %d follows %d; waiting for it",
-                                   position, models.position)
-                    return applied
+                                   position, expected - 1)
+                    await models.apply_rows(decoded)
+                    return applied + len(decoded)
                 try:
-                    record = codec.decode(payload)
+                    decoded.append((position, codec.decode(payload)))
                 except codec.UndecodableEvent as exc:
+                    await models.apply_rows(decoded)
                     raise UndecodableLog(position, str(exc)) from exc
-                models.apply(position, record)
-                applied += 1
+            await models.apply_rows(decoded)
+            applied += len(decoded)
             if len(rows) < PAGE:
                 return applied
 

@@ -121,12 +121,10 @@ class Writer:
             await self._tailer.apply_own(results)
             self.appended += sum(r.appended for r in results if isinstance(r, Accepted))
         else:
-            apply = self._models.apply
-            for result in results:
-                if isinstance(result, Accepted):
-                    for position, event in result.rows:
-                        apply(position, event.record)
-                    self.appended += result.appended
+            rows = [(position, event.record) for result in results
+                    if isinstance(result, Accepted) for position, event in result.rows]
+            await self._models.apply_rows(rows)
+            self.appended += len(rows)
         for (_, future), result in zip(group, results):
             if not future.done():
                 future.set_result(result)
