@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import urllib.error
@@ -19,10 +20,13 @@ from typing import Iterator
 from client._core import Backoff
 from service.config import Config, add_arguments
 from service.progress import Progress
+from service.terminal import printable, printable_json
 
 COMMANDS = ("stats", "export", "import", "tail")
-# The settings a client command uses (the rest still come from the environment, unused).
-CLIENT_SETTINGS = ("host", "port", "secret")
+# The settings a client command uses (the rest still come from the environment, unused);
+# `--host` and `--port` are added here: for a client they say where the service is, not where
+# to listen.
+CLIENT_SETTINGS = ("secret",)
 EXPORT_PAGE = 10_000
 IMPORT_BATCH = 5_000
 IMPORT_ATTEMPTS = 6
@@ -46,13 +50,16 @@ def add_commands(commands) -> None:
     export = commands.add_parser("export", help="write stored events as NDJSON wire events "
                                                 "(with their event ids) to stdout")
     export.add_argument("--from", dest="from_", metavar="TIME",
-                        help="only events at or after this RFC 3339 event time")
-    export.add_argument("--to", metavar="TIME", help="only events before this RFC 3339 event time")
+                        help="only events at or after this event time: RFC 3339 with an offset, "
+                             "or a date (2026-11-27: that day's UTC midnight)")
+    export.add_argument("--to", metavar="TIME", help="only events before this event time (same "
+                                                     "forms as --from)")
     export.add_argument("--after", type=int, default=0, metavar="POSITION",
                         help="start after this log position (default 0: the beginning)")
-    import_ = commands.add_parser("import", help="post an NDJSON file of events (idempotent: "
-                                                 "events already stored are counted as duplicates)")
-    import_.add_argument("file", help="NDJSON file, `-` for stdin")
+    import_ = commands.add_parser("import", help="post a file of events, NDJSON or a JSON array "
+                                                 "(idempotent: events already stored are counted "
+                                                 "as duplicates)")
+    import_.add_argument("file", help="NDJSON or JSON-array file, `-` for stdin")
     import_.add_argument("--batch", type=int, default=IMPORT_BATCH,
                          help=f"events per request (default {IMPORT_BATCH})")
     tail = commands.add_parser("tail", help="print the last events, then follow new ones")
@@ -61,6 +68,10 @@ def add_commands(commands) -> None:
     tail.add_argument("--json", action="store_true", help="print NDJSON wire events")
     tail.add_argument("--no-follow", action="store_true", help="print the last events and stop")
     for p in (stats, export, import_, tail):
+        p.add_argument("--host", default=None, help="the service's address (0.0.0.0 or :: "
+                       f"mean this machine) [env LLM_METRICS_HOST, default {Config.host!r}]")
+        p.add_argument("--port", type=int, default=None, help="the service's port "
+                       f"[env LLM_METRICS_PORT, default {Config.port}]")
         add_arguments(p, only=CLIENT_SETTINGS)
 
 
@@ -129,13 +140,14 @@ class Api:
 
 
 def _error_text(status: int, body: bytes) -> str:
+    """The service's error, escaped: it may quote an id that holds control characters."""
     try:
         error = json.loads(body)
     except ValueError:
-        return f"HTTP {status}: {body[:300].decode(errors='replace')}"
+        return f"HTTP {status}: {printable(body[:300].decode(errors='replace'))}"
     if status == 401:
-        return f"HTTP 401: {error.get('error')} (set LLM_METRICS_SECRET or --secret)"
-    return f"HTTP {status}: {error.get('error', error)}"
+        return f"HTTP 401: {printable(error.get('error'))} (set LLM_METRICS_SECRET or --secret)"
+    return f"HTTP {status}: {printable(error.get('error', error))}"
 
 
 # ---- stats ----------------------------------------------------------------------------------
@@ -180,9 +192,9 @@ def stats(api: Api, session_id: str | None, as_json: bool) -> int:
         path = "/events/metrics/session/" + urllib.parse.quote(session_id, safe="")
     metrics = api.get_json(path)
     if as_json:
-        print(json.dumps(metrics, indent=2, ensure_ascii=False))
+        print(printable_json(json.dumps(metrics, indent=2, ensure_ascii=False)))
         return 0
-    title = f"session {session_id}" if session_id is not None else "all sessions"
+    title = f"session {printable(session_id)}" if session_id is not None else "all sessions"
     rows = [(label, _cell(name, metrics[name])) for name, label in SUMMARY
             if name in metrics and metrics[name] not in (None, [], {})]
     print(title)
@@ -228,6 +240,7 @@ def _number(value) -> str:
 
 def table(headers: list[str], rows: list, right: list[int] = ()) -> str:
     """A plain aligned text table; columns listed in `right` are right-aligned (numbers)."""
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
 
     def line(cells) -> str:
@@ -239,12 +252,22 @@ def table(headers: list[str], rows: list, right: list[int] = ()) -> str:
 
 # ---- export / import ------------------------------------------------------------------------
 
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def event_time(text: str) -> str:
+    """A bare date (`2026-11-27`) is that day's midnight UTC; anything else goes as given (the
+    service names what it cannot read)."""
+    text = text.strip()
+    return text + "T00:00:00Z" if DATE.fullmatch(text) else text
+
+
 def export(api: Api, start: str | None, end: str | None, after: int) -> int:
     query = {"limit": str(EXPORT_PAGE)}
     if start:
-        query["from"] = start
+        query["from"] = event_time(start)
     if end:
-        query["to"] = end
+        query["to"] = event_time(end)
     out = sys.stdout.buffer
     started = time.perf_counter()
     progress = None
@@ -269,40 +292,66 @@ def export(api: Api, start: str | None, end: str | None, after: int) -> int:
     return 0
 
 
-def _batches(lines: Iterator[bytes], size: int) -> Iterator[tuple[int, list[bytes]]]:
-    """(number of the batch's first line, its non-empty lines)."""
+def _ndjson_batches(lines: Iterator[bytes], size: int) -> Iterator[tuple[list[str], list[bytes]]]:
+    """(where each event is in the file, the events) per batch of non-empty lines."""
+    where: list[str] = []
     batch: list[bytes] = []
-    first = 1
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        if not batch:
-            first = number
+        where.append(f"line {number}")
         batch.append(line.rstrip(b"\r\n"))
         if len(batch) >= size:
-            yield first, batch
-            batch = []
+            yield where, batch
+            where, batch = [], []
     if batch:
-        yield first, batch
+        yield where, batch
+
+
+def _array_batches(events: list, size: int) -> Iterator[tuple[list[str], list[bytes]]]:
+    for first in range(0, len(events), size):
+        chunk = events[first:first + size]
+        yield ([f"event {first + i + 1} of the array" for i in range(len(chunk))],
+               [json.dumps(event, ensure_ascii=False).encode() for event in chunk])
+
+
+def _is_json_array(stream) -> bool:
+    """Whether the file starts with `[` (after blanks and a byte order mark), without consuming it."""
+    return stream.peek(1 << 16).lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"["
+
+
+def _read_array(stream, path: str) -> list:
+    try:
+        events = json.loads(stream.read())
+    except ValueError as exc:
+        raise CliError(f"{path} starts with `[` but is not a JSON array: {exc}")
+    if not isinstance(events, list):
+        raise CliError(f"{path} starts with `[` but is not a JSON array")
+    return events
 
 
 def import_file(api: Api, path: str, batch_size: int) -> int:
     if batch_size < 1:
         raise CliError("--batch must be at least 1")
     if path == "-":
-        stream, total = sys.stdin.buffer, 0
+        stream = sys.stdin.buffer
     else:
         try:
             stream = open(path, "rb")
         except OSError as exc:
             raise CliError(f"cannot read {path}: {exc.strerror}")
-        total = _count_lines(path)
-    progress = Progress(total, "import")
     appended = duplicates = done = 0
     started = time.perf_counter()
     with stream:
-        for first_line, batch in _batches(stream, batch_size):
-            result = _post_batch(api, batch, first_line)
+        if _is_json_array(stream):
+            events = _read_array(stream, "stdin" if path == "-" else path)
+            total, batches = len(events), _array_batches(events, batch_size)
+        else:
+            total = 0 if path == "-" else _count_lines(path)
+            batches = _ndjson_batches(stream, batch_size)
+        progress = Progress(total, "import")
+        for where, batch in batches:
+            result = _post_batch(api, batch, where)
             appended += result["appended"]
             duplicates += result["duplicates"]
             done += len(batch)
@@ -314,7 +363,7 @@ def import_file(api: Api, path: str, batch_size: int) -> int:
     return 0
 
 
-def _post_batch(api: Api, batch: list[bytes], first_line: int) -> dict:
+def _post_batch(api: Api, batch: list[bytes], where: list[str]) -> dict:
     body = b"\n".join(batch) + b"\n"
     backoff = Backoff(base=0.5, cap=10.0)
     for attempt in range(IMPORT_ATTEMPTS):
@@ -331,22 +380,26 @@ def _post_batch(api: Api, batch: list[bytes], first_line: int) -> dict:
             retry_after = headers.get("Retry-After")
             time.sleep(backoff.delay(attempt, float(retry_after) if retry_after else None))
             continue
-        raise CliError(_rejection(status, reply, first_line))
-    raise CliError(f"the service kept refusing the batch starting at line {first_line} "
+        raise CliError(_rejection(status, reply, where))
+    raise CliError(f"the service kept refusing the batch starting at {where[0]} "
                    f"({status}); events before it are stored, run the import again to resume")
 
 
-def _rejection(status: int, reply: bytes, first_line: int) -> str:
-    """Name the file's lines at fault: the service counts events within the batch."""
+def _rejection(status: int, reply: bytes, where: list[str]) -> str:
+    """Name the file's events at fault: the service counts events within the batch."""
     try:
         error = json.loads(reply)
     except ValueError:
-        return f"HTTP {status} for the batch starting at line {first_line}"
-    problems = [f"  line {first_line + d['index']}: {d['path']}: {d['message']}"
-                for d in error.get("details", [])[:20]]
-    return "\n".join([f"HTTP {status}: {error.get('error')}",
-                      "nothing of this batch was stored (earlier batches were); problems:",
-                      *problems]) if problems else f"HTTP {status}: {error.get('error')}"
+        return f"HTTP {status} for the batch starting at {where[0]}"
+    problems = [f"  {_where(where, d.get('index'))}: {printable(d.get('path'))}: "
+                f"{printable(d.get('message'))}" for d in error.get("details", [])[:20]]
+    message = f"HTTP {status}: {printable(error.get('error'))}"
+    return "\n".join([message, "nothing of this batch was stored (earlier batches were); "
+                                "problems:", *problems]) if problems else message
+
+
+def _where(where: list[str], index) -> str:
+    return where[index] if isinstance(index, int) and 0 <= index < len(where) else "the batch"
 
 
 def _count_lines(path: str) -> int:
@@ -383,18 +436,23 @@ def _show(body: bytes, as_json: bool) -> None:
     out = sys.stdout
     for raw in body.splitlines():
         if as_json:
-            out.write(raw.decode() + "\n")
+            out.write(printable_json(raw.decode()) + "\n")
         else:
             out.write(describe(json.loads(raw)) + "\n")
     out.flush()
 
 
 def describe(event: dict) -> str:
-    """One readable line per event."""
+    """One readable line per event, its time with its offset, every value from the event escaped
+    (see `service.terminal`)."""
+    return printable("  ".join(_parts(event)))
+
+
+def _parts(event: dict) -> list[str]:
     kind = event["type"].removeprefix("LLM_REQUEST_")
     when = event["timestamp"]
     try:
-        when = datetime.fromisoformat(when).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.fromisoformat(when).isoformat(sep=" ", timespec="milliseconds")
     except ValueError:
         pass
     parts = [when, f"{kind:<9}", f"{event['session_id']}/{event['request_id']}",
@@ -410,4 +468,4 @@ def describe(event: dict) -> str:
         parts.append(event["error_type"])
         if event.get("error_message"):
             parts.append(repr(event["error_message"][:80]))
-    return "  ".join(parts)
+    return parts

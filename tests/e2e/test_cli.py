@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import completed, seed_session, started
+from tests.factories import completed, failed, seed_session, started
 from tests.server import ROOT, ServerProcess, free_port, run_cli
 
 pytestmark = pytest.mark.slow
@@ -172,3 +173,110 @@ def test_every_command_has_help(command, capsys):
     assert "--port" in out and "LLM_METRICS_PORT" in out
     if command in ("stats", "tail"):
         assert "--snapshot" not in out  # only the settings a client command uses
+
+
+def test_import_takes_a_json_array_from_a_file_or_stdin(tmp_path):
+    events = [e for i in range(5) for e in (started("arr", f"r{i}", event_id=f"s{i}"),
+                                            completed("arr", f"r{i}", event_id=f"c{i}"))]
+    path = tmp_path / "events.json"
+    path.write_text("\ufeff\n  " + json.dumps(events, indent=2))  # a BOM and blanks first
+    with ServerProcess(tmp_path / "arr.db") as server:
+        result = run_cli("import", str(path), "--batch", "4", env=env_for(server))
+        assert result.returncode == 0, result.stderr
+        assert "10 new, 0 already stored" in result.stderr
+        assert server.request("GET", "/events/metrics/session/arr")[1]["total_requests"] == 5
+        piped = subprocess.run([sys.executable, "-m", "service", "import", "-"], cwd=ROOT,
+                               input=json.dumps(events).encode(), capture_output=True,
+                               env={**os.environ, **env_for(server)}, timeout=60)
+        assert piped.returncode == 0, piped.stderr
+        assert b"0 new, 10 already stored" in piped.stderr
+
+
+def test_import_of_a_json_array_names_the_bad_event(tmp_path):
+    events = [started("arr", "r0"), completed("arr", "r0"), started("arr", "r1"),
+              {**completed("arr", "r1"), "prompt_tokens": -1}]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(events))
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(events)[:-3])
+    with ServerProcess(tmp_path / "arr.db") as server:
+        result = run_cli("import", str(path), "--batch", "3", env=env_for(server))
+        assert result.returncode == 1
+        assert "event 4 of the array: $.prompt_tokens" in result.stderr
+        assert server.request("GET", "/health")[1]["position"] == 3
+        result = run_cli("import", str(broken), env=env_for(server))
+        assert result.returncode == 1 and "is not a JSON array" in result.stderr
+        assert server.request("GET", "/health")[1]["position"] == 3
+
+
+def test_import_names_the_right_line_past_blank_lines_within_a_batch(tmp_path):
+    lines = [json.dumps(started("blank", "r0")), "", "", json.dumps(started("blank", "r1")),
+             json.dumps({**completed("blank", "r1"), "completion_tokens": "many"})]
+    path = tmp_path / "blank.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    with ServerProcess(tmp_path / "blank.db") as server:
+        result = run_cli("import", str(path), env=env_for(server))
+        assert result.returncode == 1
+        assert "line 5: $.completion_tokens" in result.stderr, result.stderr
+
+
+def test_export_takes_a_bare_date_as_utc_midnight(tmp_path):
+    # Events either side of 2026-01-02T00:00:00Z, and one just before in +02:00 terms.
+    events = [started("d", "before", t=86_400 - 1), started("d", "at", t=86_400),
+              started("d", "after", t=2 * 86_400)]
+    with ServerProcess(tmp_path / "date.db") as server:
+        post(server, events)
+        result = run_cli("export", "--from", "2026-01-02", "--to", "2026-01-03",
+                         env=env_for(server))
+        assert result.returncode == 0, result.stderr
+        assert [json.loads(x)["request_id"] for x in result.stdout.splitlines()] == ["at"]
+
+
+# What a hostile application could put in the ids and texts it sends.
+HOSTILE_SESSION = "evil\x1b]0;owned\x07\x1b[2J"
+HOSTILE_MODEL = "gpt\x9b31m-4\u202e"
+
+
+def test_tail_and_stats_escape_control_characters(tmp_path):
+    events = [started(HOSTILE_SESSION, "r\r1", HOSTILE_MODEL, user_id="u\x1b"),
+              completed(HOSTILE_SESSION, "r\r1", HOSTILE_MODEL),
+              started(HOSTILE_SESSION, "r2", HOSTILE_MODEL),
+              failed(HOSTILE_SESSION, "r2", HOSTILE_MODEL, error_type="Boom\x1b[1A",
+                     error_message="line\nbreak\x1b[K")]
+    raw = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")  # everything unsafe but newline
+    with ServerProcess(tmp_path / "hostile.db") as server:
+        post(server, events)
+        env = env_for(server)
+        shown = run_cli("tail", "--no-follow", env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert not raw.search(shown.stdout), repr(shown.stdout)
+        assert len(shown.stdout.splitlines()) == 4
+        assert "evil\\x1b]0;owned\\x07\\x1b[2J/r\\r1" in shown.stdout
+        assert "gpt\\x9b31m-4\\u202e" in shown.stdout and "Boom\\x1b[1A" in shown.stdout
+        # Times keep their offset.
+        assert re.match(r"2026-01-01 00:00:00\.000\+00:00  STARTED ", shown.stdout)
+
+        as_json = run_cli("tail", "--no-follow", "--json", env=env)
+        assert not raw.search(as_json.stdout), repr(as_json.stdout)
+        assert [json.loads(x)["session_id"] for x in as_json.stdout.splitlines()] == \
+            [HOSTILE_SESSION] * 4  # the same values, only written with escapes
+
+        for args in (["stats"], ["stats", HOSTILE_SESSION], ["stats", HOSTILE_SESSION, "--json"],
+                     ["stats", HOSTILE_SESSION + "x"]):
+            result = run_cli(*args, env=env)
+            assert not raw.search(result.stdout + result.stderr), (args, result)
+        table = run_cli("stats", HOSTILE_SESSION, env=env).stdout
+        assert table.startswith("session evil\\x1b]0;owned\\x07\\x1b[2J\n")
+        assert "gpt\\x9b31m-4\\u202e" in table and "Boom\\x1b[1A 1" in table
+        missing = run_cli("stats", HOSTILE_SESSION + "x", env=env)
+        assert missing.returncode == 1 and "\\x1b[2Jx" in missing.stderr
+
+
+def test_client_commands_describe_host_and_port_as_the_services(capsys):
+    from service.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["tail", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--host HOST the service's address" in out and "listen" not in out
+    assert "--port PORT the service's port" in out
