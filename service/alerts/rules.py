@@ -53,6 +53,7 @@ FORMATS = ("json", "slack")
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 MAX_FILTER_VALUES = 100
+MAX_VALUE = 256
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,7 +66,7 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     window: str
     webhook_url: Annotated[str, msgspec.Meta(max_length=2048)]
     group_by: str | None = None
-    where: dict[str, list[Annotated[str, msgspec.Meta(max_length=256)]]] = {}
+    where: dict[str, list[Annotated[str, msgspec.Meta(max_length=MAX_VALUE)]]] = {}
     secret: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
     format: str = "json"
 
@@ -97,6 +98,8 @@ def parse_rule(body: bytes) -> Rule:
         text = str(exc)
         match = _MSGSPEC_PATH.search(text)
         field = match.group(1) if match else _unknown_field(text)
+        if field.startswith("$.where["):
+            field = _bad_filter(body) or field
         raise RuleError(field, _MSGSPEC_PATH.sub("", text)) from None
     except msgspec.DecodeError as exc:
         raise RuleError("$", f"the body is not a JSON object: {exc}") from None
@@ -108,6 +111,16 @@ def _unknown_field(text: str) -> str:
     # msgspec reports an unknown or missing field at the object, naming it in the message.
     match = re.search(r"(?:unknown|required) field `([^`]+)`", text)
     return f"$.{match.group(1)}" if match else "$"
+
+
+def _bad_filter(body: bytes) -> str | None:
+    # msgspec's path stops at `$.where[...]`: find which dimension's value is not a list.
+    where = msgspec.json.decode(body).get("where")
+    for dimension, values in where.items():
+        if not isinstance(values, list) or not all(isinstance(v, str) and len(v) <= MAX_VALUE
+                                                   for v in values):
+            return f"$.where.{dimension}"
+    return None
 
 
 def check_rule(rule: Rule) -> None:
