@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import msgspec
 from aiohttp import web
@@ -91,11 +90,3 @@ async def get_stream(request: web.Request) -> web.StreamResponse:
         except ConnectionError:
             pass  # the client went away
     return response
-
-
-DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
-
-
-async def dashboard(request: web.Request) -> web.FileResponse:
-    """The dashboard page: public, holds no secret (it asks for it and keeps it in the tab)."""
-    return web.FileResponse(DASHBOARD, headers={"Cache-Control": "no-cache"})

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import shutil
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -155,4 +156,35 @@ def test_dashboard_logs_in_and_updates_live(browser, tmp_path):
         assert page.evaluate("sessionStorage.getItem('llm-metrics-secret')") == SECRET
         assert not [u for u in urls if SECRET in u.split("://", 1)[1].replace("127.0.0.1", "")]
         assert any("/events/metrics/stream" in u for u in urls)
+        page.close()
+
+
+def test_the_page_is_confined_by_its_headers(browser, tmp_path):
+    """CSP allows only the page's own inline script and style; framing is refused."""
+    with ServerProcess(tmp_path / "csp.db") as server:
+        with urllib.request.urlopen(server.url + "/dashboard") as reply:
+            headers = reply.headers
+        csp = headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert "connect-src 'self'" in csp and "unsafe-inline" not in csp
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+        page = browser.new_page()
+        violations: list[str] = []
+        page.on("console", lambda m: violations.append(m.text)
+                if "Content Security Policy" in m.text else None)
+        page.goto(server.url + "/dashboard")
+        expect(page.locator("#login")).to_be_visible()  # the script ran under the policy
+        # An injected inline script would not run; neither may the page be framed.
+        page.evaluate("""() => { const s = document.createElement('script');
+            s.textContent = 'window.__injected = 1'; document.body.append(s); }""")
+        assert page.evaluate("window.__injected") is None
+        assert any("script-src" in v for v in violations)
+        assert not [v for v in violations if "style-src" in v]  # the page's own style applies
+        page.set_content(f'<iframe src="{server.url}/dashboard"></iframe>')
+        page.wait_for_timeout(500)
+        framed = page.frames[1]
+        assert framed.url.startswith("chrome-error://")  # Chromium refused to frame it
+        assert framed.evaluate("document.getElementById('login')") is None
         page.close()
