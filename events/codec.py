@@ -40,8 +40,18 @@ def timestamp_to_us(ts: datetime) -> int:
     return (ts - _EPOCH) // _MICROSECOND
 
 
+_MIN_US = timestamp_to_us(datetime.min.replace(tzinfo=timezone.utc))
+_MAX_US = timestamp_to_us(datetime.max.replace(tzinfo=timezone.utc))
+
+
 def us_to_timestamp(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+    """The UTC time of `us`, clamped to what `datetime` holds (0001-01-01 .. 9999-12-31).
+
+    Ingest refuses times before `schema.EARLIEST_TIMESTAMP`, but older versions stored any
+    time, `0001-01-01T00:00:00+01:00` (year 0 in UTC) included: the log is never rewritten,
+    so every reader must survive such a record rather than fail on it forever.
+    """
+    return _EPOCH + timedelta(microseconds=min(max(us, _MIN_US), _MAX_US))
 
 
 def to_record(event: WireEvent) -> Record:

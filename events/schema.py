@@ -7,7 +7,7 @@ two are kept apart so the wire can stay readable JSON while the log stays compac
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Union
 
 import msgspec
@@ -17,8 +17,14 @@ Id = Annotated[str, Meta(min_length=1, max_length=256)]
 EventId = Annotated[str, Meta(min_length=1, max_length=128)]
 ModelName = Annotated[str, Meta(max_length=256)]
 Timestamp = Annotated[datetime, Meta(tz=True)]
-# SQLite and msgpack both stop at 2**63 - 1; tokens beyond that are a client bug, not usage.
-Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+# No LLM request happened before it: an earlier time is a client's zero or default date, and
+# one year-0001 event would stretch every time range (and overflowed `datetime` on read).
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=timezone.utc)
+# Ten billion tokens, a thousand times the largest context window. Any count up to 2**63 - 1
+# used to pass and then broke every sum and snapshot; at this bound a 64-bit sum holds a billion
+# such requests, and one request's cost in pico-dollars fits 64 bits at every shipped price.
+MAX_TOKENS = 10**10
+Count = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
 # Bounded so every accepted duration folds (ms -> integer us) without overflow: an event that
 # is stored but cannot be replayed would stop every later startup. 10^12 ms is 31 years.
 Millis = Annotated[float, Meta(ge=0, le=1e12)]

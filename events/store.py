@@ -1,9 +1,24 @@
 """The event store port: the narrow interface every backend implements.
 
 A backend keeps an append-only log of `(position, event_id, type, payload, recorded_at)` rows.
-Positions are gapless and increasing. Two rules are enforced by the store's own indexes, not by
-memory: an `event_id` is stored once (re-posting the same content is a duplicate, different
-content a conflict), and a request has at most one started and one terminal event (its "slots").
+Two rules are enforced by the store's own indexes, not by memory: an `event_id` is stored once
+(re-posting the same content is a duplicate, different content a conflict), and a request has
+at most one started and one terminal event (its "slots").
+
+What a position promises, on every backend:
+
+- positions are positive and increase in the order `read` returns rows; the rows of one batch
+  have increasing positions in the batch's order;
+- **they may have holes**: SQLite's are 1, 2, 3, ...; PostgreSQL's jump between transactions
+  (a position there is the appending transaction's id shifted left by 20 bits, plus the row's
+  ordinal in it), so `position + 1` is not "the next event" and a count of events is not a
+  difference of positions;
+- `read` returns only final rows: once a reader has seen position p, no row can ever appear
+  at a position <= p. Reading `after` the last position seen, page after page, therefore sees
+  every event exactly once, in the same order for every reader (what read models rely on);
+- `last_position()` is the newest final position, and a batch's `Accepted.last_position` is
+  the newest position among its events, appended or found as duplicates: a reader that has
+  applied it has applied the whole batch.
 """
 
 from __future__ import annotations
@@ -63,14 +78,29 @@ class StoreUnavailable(StoreError):
 
 
 def slot_key(record: Record) -> bytes:
-    """The key of the slot a record fills: (started | terminal, session_id, request_id)."""
+    """The key of the slot a record fills: (started | terminal, session_id, request_id).
+
+    `kind, session, NUL, request` is unambiguous only when the session id holds no NUL (else
+    `a\\0b`/`c` and `a`/`b\\0c` meet), so such sessions' keys are length-prefixed under their
+    own leading byte. Every other key is computed as before, so the slots of existing logs stay
+    valid without rewriting them (see docs/event-log.md).
+    """
     kind = b"S" if type(record) is Started else b"T"
-    raw = kind + record.session_id.encode() + b"\x00" + record.request_id.encode()
+    session, request = record.session_id.encode(), record.request_id.encode()
+    if b"\x00" in session:
+        raw = b"L" + kind + len(session).to_bytes(4, "big") + session + request
+    else:
+        raw = kind + session + b"\x00" + request
     return hashlib.blake2b(raw, digest_size=16).digest()
 
 
 class EventStore(Protocol):
     """Where events live. Every backend passes `tests/integration/test_store_contract.py`."""
+
+    # Whether other processes append to this log too (then the service follows it with
+    # service/tailer.py), and whether `limit_size(max_bytes)` can cap its size.
+    shared: bool
+    limits_size: bool
 
     async def append(self, batches: Sequence[Sequence[NewEvent]]) -> list[Accepted | Rejected]:
         """Commit every acceptable batch in one durable transaction, all-or-nothing per batch.
@@ -81,11 +111,11 @@ class EventStore(Protocol):
         ...
 
     async def read(self, after: int, limit: int) -> list[StoredRow]:
-        """Up to `limit` rows with position > `after`, in position order."""
+        """Up to `limit` final rows with position > `after`, in position order."""
         ...
 
     async def last_position(self) -> int:
-        """The position of the newest event, 0 for an empty log."""
+        """The position of the newest final event, 0 for an empty log."""
         ...
 
     async def close(self) -> None:

@@ -15,7 +15,7 @@ import msgspec
 
 from events import codec
 from events.records import Completed, Record
-from events.schema import WIRE_TYPES, WireEvent
+from events.schema import EARLIEST_TIMESTAMP, MAX_TOKENS, WIRE_TYPES, WireEvent
 from events.store import Issue, NewEvent, slot_key
 from service.problems import ApiError
 
@@ -25,6 +25,8 @@ NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl
 TOO_DEEP = "JSON nested too deeply"
 # An event's time may run ahead of ours by clock skew, not by days.
 MAX_FUTURE_US = 24 * 3600 * 1_000_000
+EARLIEST_US = codec.timestamp_to_us(EARLIEST_TIMESTAMP)
+_EARLIEST_TEXT = EARLIEST_TIMESTAMP.isoformat().replace("+00:00", "Z")
 
 _one = msgspec.json.Decoder(WireEvent)
 _many = msgspec.json.Decoder(list[WireEvent])
@@ -106,11 +108,14 @@ def _inconsistency(record: Record, latest_us: int) -> tuple[str, str] | None:
     """The first rule a schema cannot express that `record` breaks, as (path, message)."""
     if record.timestamp_us > latest_us:
         return "$.timestamp", "timestamp is more than a day in the future"
+    if record.timestamp_us < EARLIEST_US:
+        return "$.timestamp", f"timestamp is before {_EARLIEST_TEXT}"
     if type(record) is Completed:
-        # The default total (prompt + completion) can pass 2^63 - 1, which the read models'
-        # 64-bit arrays cannot hold: stored but unfoldable, it would stop every later startup.
-        if record.total_tokens > 2**63 - 1:
-            return "$.completion_tokens", "prompt_tokens + completion_tokens is more than 2^63 - 1"
+        # The schema bounds each count; the default total (prompt + completion) can still pass
+        # the bound every sum is sized for.
+        if record.total_tokens > MAX_TOKENS:
+            return "$.completion_tokens", ("prompt_tokens + completion_tokens (the default "
+                                           f"total_tokens) is more than {MAX_TOKENS}")
         if record.cached_prompt_tokens > record.prompt_tokens:
             return "$.cached_prompt_tokens", "cached_prompt_tokens is part of prompt_tokens and " \
                                              "cannot exceed it"

@@ -9,6 +9,8 @@ from aiohttp import web
 from events import codec
 from service.problems import ApiError
 
+MAX_SQL_INT = 2**63 - 1
+
 
 def int_param(request: web.Request, name: str, default: int | None, low: int,
               high: int | None) -> int | None:
@@ -19,8 +21,10 @@ def int_param(request: web.Request, name: str, default: int | None, low: int,
         value = int(raw)
     except ValueError:
         value = None
-    if value is None or value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+    # Positions and offsets end up in SQL: past a 64-bit integer the driver raises (a 500).
+    high = MAX_SQL_INT if high is None else high
+    if value is None or value < low or value > high:
+        bounds = f"from {low} to {high}"
         raise ApiError(400, f"query parameter {name!r} must be an integer {bounds}, got {raw!r}")
     return value
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service import dashboard, handlers, reads
+from service import handlers, reads
 from service import openapi, otlp, prometheus
 
 
@@ -15,12 +15,11 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/events/metrics", reads.get_global)
     app.router.add_get("/events/metrics/sessions", reads.get_sessions)
     app.router.add_get("/events/metrics/models", reads.get_models)
-    # `[\s\S]+`: any character, newlines too (`.` stops at one: a 404 for a stored id).
     app.router.add_get("/events/metrics/models/{model:[\\s\\S]+}", reads.get_model)
     app.router.add_get("/events/metrics/users/{user_id:[\\s\\S]+}", reads.get_user)
     app.router.add_get("/events/metrics/timeseries", reads.get_timeseries)
     app.router.add_get("/events/metrics/stream", handlers.get_stream)
-    app.router.add_get("/dashboard", dashboard.get_dashboard)
+    app.router.add_get("/dashboard", handlers.dashboard)
     # `[\s\S]+` (any character, newlines too) so that every stored session id, even one with
     # an encoded `/` or line break, reaches the handler.
     app.router.add_get("/events/metrics/session/{session_id:[\\s\\S]+}", reads.get_session)

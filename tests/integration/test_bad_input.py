@@ -12,7 +12,10 @@ import pytest
 from yarl import URL
 
 from events import codec
+from events.records import Completed, Started
+from events.schema import MAX_TOKENS
 from events.sqlite_store import SQLiteStore
+from events.store import NewEvent, slot_key
 from service import keys
 from service.app import create_app
 from service.config import Config
@@ -83,8 +86,13 @@ INVALID_EVENTS = [
     ("tokens 2^63", f.completed(prompt_tokens=2**63), "$.prompt_tokens"),
     ("tokens 2^64", f.completed(completion_tokens=2**64), "$.completion_tokens"),
     ("tokens 10^30", f.completed(total_tokens=10**30), "$.total_tokens"),
-    ("prompt + completion beyond 2^63", f.completed(prompt_tokens=2**63 - 1, completion_tokens=1),
+    ("tokens 2^63 - 1 (broke every later snapshot)", f.completed(prompt_tokens=2**63 - 1),
+     "$.prompt_tokens"),
+    ("tokens one over the bound", f.completed(completion_tokens=MAX_TOKENS + 1),
      "$.completion_tokens"),
+    ("tool calls over the bound", f.completed(tool_calls=MAX_TOKENS + 1), "$.tool_calls"),
+    ("prompt + completion over the bound", f.completed(prompt_tokens=MAX_TOKENS,
+                                                       completion_tokens=1), "$.completion_tokens"),
     ("negative tokens", f.completed(prompt_tokens=-1), "$.prompt_tokens"),
     ("fractional tokens", f.completed(completion_tokens=2.5), "$.completion_tokens"),
     ("integral float tokens", f.completed(prompt_tokens=3.0), "$.prompt_tokens"),
@@ -94,6 +102,10 @@ INVALID_EVENTS = [
     ("date only", ev(f.started(), timestamp="2026-01-01"), "$.timestamp"),
     ("not a timestamp", ev(f.started(), timestamp="yesterday"), "$.timestamp"),
     ("epoch number", ev(f.started(), timestamp=1767225600), "$.timestamp"),
+    ("year 0001 (year 0 in UTC)", ev(f.started(), timestamp="0001-01-01T00:00:00+01:00"),
+     "$.timestamp"),
+    ("the Unix epoch", ev(f.started(), timestamp="1970-01-01T00:00:00Z"), "$.timestamp"),
+    ("just before 2000", ev(f.started(), timestamp="1999-12-31T23:59:59.999999Z"), "$.timestamp"),
     ("empty session_id", f.started(session_id=""), "$.session_id"),
     ("empty request_id", f.started(request_id=""), "$.request_id"),
     ("empty event_id", f.started(event_id=""), "$.event_id"),
@@ -151,6 +163,75 @@ async def test_timestamps_more_than_a_day_ahead_are_refused_a_bit_less_is_fine(a
     assert "future" in answer["details"][0]["message"]
     skewed = ev(f.started(request_id="skew"), timestamp=(now + timedelta(hours=23)).isoformat())
     assert (await post(api, skewed))[0] == 201
+
+
+async def test_the_earliest_time_and_the_largest_counts_are_accepted_and_add_up(api):
+    events = [ev(f.started(request_id="a"), timestamp="2000-01-01T00:00:00Z"),
+              ev(f.completed(request_id="a", prompt_tokens=MAX_TOKENS, completion_tokens=0),
+                 timestamp="2000-01-01T01:00:00+01:00"),
+              f.completed(request_id="b", prompt_tokens=0, completion_tokens=MAX_TOKENS,
+                          cached_prompt_tokens=0, reasoning_tokens=MAX_TOKENS)]
+    assert (await post(api, events))[0] == 201
+    glob = await (await api.get("/events/metrics", headers=AUTH)).json()
+    assert (glob["total_prompt_tokens"], glob["total_completion_tokens"], glob["total_tokens"]) \
+        == (MAX_TOKENS, MAX_TOKENS, 2 * MAX_TOKENS)
+    session = await (await api.get("/events/metrics/session/s1", headers=AUTH)).json()
+    assert session["first_seen"].startswith("2000-01-01T00:00:00")
+
+
+YEAR_0_US = codec.timestamp_to_us(datetime.fromisoformat("0001-01-01T00:00:00+01:00"))
+
+
+async def test_a_year_0_event_already_in_the_log_breaks_no_reader(aiohttp_client, tmp_path):
+    """Older versions stored any time; such a record (year 0 in UTC, below what `datetime`
+    holds) is written here with the store itself, as ingest now refuses it."""
+    db = str(tmp_path / "events.db")
+    store = await SQLiteStore.open(db)
+    await store.migrate()
+    records = [Started("old", "r1", "gpt-4", YEAR_0_US),
+               Completed("old", "r1", "gpt-4", YEAR_0_US + 1000, 1000.0, 10, 5, 15),
+               Started("old", "r2", "gpt-4", 2**62)]  # far past year 9999, too
+    await store.append([[NewEvent(f"e{i}", codec.TYPE_CODES[type(r)], codec.encode(r),
+                                  slot_key(r), r) for i, r in enumerate(records)]])
+    await store.close()
+    api = await aiohttp_client(create_app(Config(db=db, snapshot_every=0)))
+
+    resp = await api.get("/events?after=0", headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    lines = [json.loads(line) for line in (await resp.text()).splitlines()]
+    assert [e["timestamp"] for e in lines] == ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z",
+                                               "9999-12-31T23:59:59.999999Z"]
+    for path in ["/events/metrics", "/events/metrics/sessions", "/events/metrics/session/old",
+                 "/events/metrics/models", "/events/metrics/models/gpt-4",
+                 "/events/metrics/timeseries?bucket=1d"]:
+        resp = await api.get(path, headers=AUTH)
+        assert resp.status == 200, (path, await resp.text())
+    session = await (await api.get("/events/metrics/session/old", headers=AUTH)).json()
+    assert (session["total_requests"], session["first_seen"]) == (1, "0001-01-01T00:00:00Z")
+    # What was stored can be exported, but not posted again: ingest refuses such a time.
+    status, answer = await post(api, lines[0])
+    assert (status, paths(answer)) == (400, ["$.timestamp"])
+
+
+def test_slot_keys_of_ids_without_nul_in_the_session_are_what_older_logs_hold():
+    import hashlib
+
+    old = lambda kind, s, r: hashlib.blake2b(kind + s.encode() + b"\0" + r.encode(),
+                                             digest_size=16).digest()
+    assert slot_key(Started("s1", "r1", "m", 0)) == old(b"S", "s1", "r1")
+    assert slot_key(Completed("s1", "r\0x", "m", 0, 1.0, 1, 1, 2)) == old(b"T", "s1", "r\0x")
+    assert slot_key(Started("a\0b", "c", "m", 0)) != slot_key(Started("a", "b\0c", "m", 0))
+
+
+async def test_nul_in_ids_does_not_make_two_requests_collide(api):
+    batch = [f.started(session_id="a\0b", request_id="c"), f.started(session_id="a", request_id="b\0c"),
+             f.completed(session_id="a\0b", request_id="c"),
+             f.completed(session_id="a", request_id="b\0c")]
+    status, answer = await post(api, batch)
+    assert (status, answer.get("appended")) == (201, 4), answer
+    # The rule still holds for such ids: a second terminal event is a conflict.
+    status, answer = await post(api, f.failed(session_id="a\0b", request_id="c"))
+    assert (status, paths(answer)) == (409, ["$.request_id"])
 
 
 @pytest.mark.parametrize("body", [
@@ -330,6 +411,37 @@ async def test_bad_query_parameters_are_400_naming_them(api, query, name):
     resp = await api.get("/events/metrics/sessions?" + query, headers=AUTH)
     assert resp.status == 400
     assert repr(name) in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize("query, name", [
+    ("after=99999999999999999999", "after"), ("after=9223372036854775808", "after"),
+    ("after=-1", "after"), ("limit=0", "limit"), ("wait=61", "wait"),
+])
+async def test_bad_log_query_parameters_are_400_naming_them(api, query, name):
+    resp = await api.get("/events?" + query, headers=AUTH)
+    assert resp.status == 400, await resp.text()
+    assert repr(name) in (await resp.json())["error"]
+
+
+async def test_the_largest_position_is_a_valid_after(api):
+    resp = await api.get("/events?after=9223372036854775807", headers=AUTH)
+    assert (resp.status, await resp.text()) == (200, "")
+
+
+@pytest.mark.parametrize("name", AWKWARD_IDS)
+async def test_awkward_model_and_user_ids_are_found_on_their_routes(api, name):
+    events = [f.started(request_id="r", model=name, user_id=name),
+              f.completed(request_id="r", model=name, user_id=name, prompt_tokens=7,
+                          completion_tokens=2)]
+    assert (await post(api, events))[0] == 201
+    quoted = urllib.parse.quote(name, safe="")
+    if quoted in (".", ".."):
+        quoted = quoted.replace(".", "%2E")
+    for route, key in [("models", "model"), ("users", "user_id")]:
+        resp = await get_raw(api, f"/events/metrics/{route}/{quoted}")
+        assert resp.status == 200, (route, await resp.text())
+        body = await resp.json()
+        assert (body.get(key), body["total_tokens"]) == (name, 9), body
 
 
 async def test_unknown_routes_and_methods_answer_json(api):

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from events import codec
 from events.records import Completed
+from events.schema import MAX_TOKENS
+from service.ingest import EARLIEST_US
 from projections.replay import ReadModels
 from service.ingest import parse_body
 from service.problems import ApiError
@@ -26,7 +28,7 @@ fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CONTENT_TYPES = ["application/json", "application/x-ndjson"]
 NOW_US = 1_800_000_000_000_000  # 2027-01-15: fixed, so "in the future" does not depend on today
-MAX_COUNT = 2**63 - 1
+MAX_COUNT = MAX_TOKENS
 MODELS = ReadModels()
 POSITIONS = iter(range(1, 10**9))
 
@@ -48,7 +50,7 @@ def check(body: bytes, content_type: str) -> list:
         assert record == event.record
         assert 1 <= len(record.session_id) <= 256 and 1 <= len(record.request_id) <= 256
         assert 1 <= len(event.event_id) <= 128
-        assert record.timestamp_us <= NOW_US + 24 * 3600 * 1_000_000
+        assert EARLIEST_US <= record.timestamp_us <= NOW_US + 24 * 3600 * 1_000_000
         if type(record) is Completed:
             assert 0 <= record.prompt_tokens <= MAX_COUNT
             assert 0 <= record.completion_tokens <= MAX_COUNT
