@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -39,27 +42,68 @@ def _translate(exc: sqlite3.Error) -> StoreError:
     return StoreError(f"event log error: {text}")
 
 
+class LogInUse(StoreError):
+    """Another process (or store) has the SQLite log open: a second server, or `replay`
+    while one serves, would miss each other's events and overwrite each other's snapshot."""
+
+
+def _take_lock(path: str) -> int:
+    """Hold an exclusive `flock` on `<db>.lock` (its file descriptor is returned), with our
+    pid and command line written in it; raise `LogInUse` naming the holder.
+
+    The kernel drops the lock when the holder exits, however it dies (`kill -9` included), so
+    there is never a stale lock to clean up. `flock` rather than `fcntl` record locks: those
+    belong to the process and vanish when any descriptor of the file is closed.
+    """
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid, _, command = os.pread(fd, 4096, 0).decode(errors="replace").partition("\n")
+        os.close(fd)
+        holder = f"process {pid} ({command.strip()})" if pid else "another process"
+        raise LogInUse(f"the event log {path} is in use by {holder}: one process at a time "
+                       "may open a SQLite log; stop it first (several servers need "
+                       "PostgreSQL, see Running several replicas)") from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n{' '.join(sys.argv)}\n".encode(errors="replace"), 0)
+    return fd
+
+
 class SQLiteStore:
     """The default backend: one SQLite file. Open with `await SQLiteStore.open(path)`."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: str):
+    def __init__(self, conn: aiosqlite.Connection, path: str, lock_fd: int | None = None):
         self._conn = conn
         self.path = path
         self._lock = asyncio.Lock()
+        self._lock_fd = lock_fd
 
     @classmethod
     async def open(cls, path: str | Path) -> "SQLiteStore":
-        """Open (creating the folder and file if needed) without migrating."""
+        """Open (creating the folder and file if needed) without migrating.
+
+        Raises `LogInUse` while another store holds the file (see `_take_lock`).
+        """
         path = str(path)
+        lock_fd = None
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = _take_lock(path)
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
             for pragma in _PRAGMAS:
                 await conn.execute(pragma)
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-        return cls(conn, path)
+        except BaseException as exc:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error):
+                raise _translate(exc) from exc
+            raise
+        return cls(conn, path, lock_fd)
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations, each in its own transaction. Returns the names applied."""
@@ -122,7 +166,12 @@ class SQLiteStore:
             raise _translate(exc) from exc
 
     async def close(self) -> None:
-        await self._conn.close()
+        try:
+            await self._conn.close()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     async def _last_position(self) -> int:
         async with self._conn.execute("SELECT max(position) FROM events") as cur:

@@ -167,9 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "serve":
         return serve(config)
-    if args.command == "replay":
-        return asyncio.run(_replay(config, args.skip_undecodable))
-    return asyncio.run(_migrate(config))
+    from events.store import StoreError
+
+    try:
+        if args.command == "replay":
+            return asyncio.run(_replay(config, args.skip_undecodable))
+        return asyncio.run(_migrate(config))
+    except StoreError as exc:  # the log is in use by a server, unreachable, ...
+        log.error("cannot start: %s", exc)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import gc
 import logging
-from pathlib import Path
 
 from aiohttp import web
 
 from events.sqlite_store import SQLiteStore
 from events.store import EventStore
-from projections.prices import PriceError, PriceTable, default_prices
+from projections.prices import PriceTable
 from projections.replay import ReadModels, ReplayReport, SnapshotRefused, load_snapshot, replay, write_snapshot
 from service import keys
 from service.auth import KeyRing, auth_middleware
@@ -20,6 +19,7 @@ from service.config import Config
 from service.errors import error_middleware
 from service.limits import body_timeout_middleware, rate_limit_middleware
 from service.otlp import new_span_counts
+from service.price_book import PriceBook
 from service.reads import stream_render
 from service.routes import setup_routes
 from service.stream import MetricsStream
@@ -50,14 +50,9 @@ async def open_store(config: Config) -> EventStore:
 
 
 def load_prices(config: Config) -> PriceTable:
-    """The price table the configuration names (`LLM_METRICS_PRICES`), or the shipped one."""
-    if not config.prices:
-        return default_prices()
-    try:
-        data = Path(config.prices).read_bytes()
-    except OSError as exc:
-        raise PriceError(f"LLM_METRICS_PRICES={config.prices!r} cannot be read: {exc}") from None
-    return PriceTable.from_json(data)
+    """The price table in force at startup: the one saved by `PUT /prices`, else
+    `LLM_METRICS_PRICES`, else the shipped one (`service.price_book`)."""
+    return PriceBook.for_config(config).load()
 
 
 async def load_read_models(store: EventStore, config: Config, *, use_snapshot: bool = True,
@@ -114,6 +109,7 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
                      body_timeout_middleware(config.body_timeout)],
     )
     app[keys.CONFIG] = config
+    app[keys.PRICE_BOOK] = PriceBook.for_config(config)
     app[keys.QUERY_LOCK] = asyncio.Lock()
     app[keys.OTLP_SPANS] = new_span_counts()
     setup_routes(app)

@@ -167,7 +167,8 @@ SETTINGS = [
             "as on a full disk"),
     Setting("prices", "LLM_METRICS_PRICES", str,
             "price table (JSON, USD per million tokens); default: the one shipped in "
-            "projections/prices.json. Changing it reprices history at the next start"),
+            "projections/prices.json. A table set by PUT /prices wins over it (DELETE /prices "
+            "goes back to it)"),
     Setting("stale_after", "LLM_METRICS_STALE_AFTER", _seconds,
             "seconds of event time after which a started, unfinished request counts as stale"),
     Setting("query_max_events", "LLM_METRICS_QUERY_MAX_EVENTS", int,

@@ -23,6 +23,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from events.schema import WireEvent
+from projections.prices import PriceSaved, PricesDocument
 from projections import timeseries, views
 from service import handlers, keys, otlp, stream
 from service.auth import HEADER, is_public
@@ -179,6 +180,25 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/metrics"): Operation(
         "Prometheus exposition (OpenMetrics when the Accept header asks for it)",
         {200: {PROMETHEUS_TEXT: TEXT, OPENMETRICS_TEXT: TEXT}}),
+    ("GET", "/prices"): Operation(
+        "The price table every cost is computed with (USD per million tokens)",
+        {200: {JSON: PricesDocument}},
+        description="Every default filled in: each model's `patterns` and `prices` periods "
+                    "(oldest first), with `cached_input`, `cache_write` and `above` tiers. "
+                    "The answer can be sent back as is with `PUT /prices`."),
+    ("PUT", "/prices"): Operation(
+        "Replace the price table: saved durably, then every cost (all of history) uses it",
+        {200: {JSON: PriceSaved}}, request={JSON: PricesDocument}, errors=(415,),
+        description="Admin key only. The body is a price table as `LLM_METRICS_PRICES` "
+                    "holds it; flat entries (`{\"input\", \"output\"}`) are accepted and "
+                    "`digest` is ignored. A bad field is a 400 naming its JSON path, and "
+                    "nothing changes. The saved table wins over `LLM_METRICS_PRICES` at the "
+                    "next start."),
+    ("DELETE", "/prices"): Operation(
+        "Forget the table set by PUT /prices: back to LLM_METRICS_PRICES or the shipped one",
+        {200: {JSON: PriceSaved}}, errors=(409,),
+        description="Admin key only. 409 (the saved table stays) when the configured file "
+                    "cannot be used."),
     ("GET", "/openapi.json"): Operation(
         "This document (OpenAPI 3.1)", {200: {JSON: Raw({"type": "object"})}}),
     ("GET", "/docs"): Operation(

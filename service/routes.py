@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service import dashboard, handlers, reads
-from service import openapi, otlp, prometheus
+from service import openapi, otlp, price_api, prometheus
 
 
 def setup_routes(app: web.Application) -> None:
@@ -26,5 +26,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/events/metrics/session/{session_id:[\\s\\S]+}", reads.get_session)
     app.router.add_post("/v1/traces", otlp.post_traces)
     app.router.add_get("/metrics", prometheus.get_metrics)
+    app.router.add_get("/prices", price_api.get_prices)
+    app.router.add_put("/prices", price_api.put_prices)
+    app.router.add_delete("/prices", price_api.delete_prices)
     app.router.add_get("/openapi.json", openapi.get_openapi)
     app.router.add_get("/docs", openapi.get_docs)

@@ -383,11 +383,7 @@ async def test_sql_fragments_in_every_string_field_are_stored_verbatim(api):
     status, answer = await post(api, events)
     assert (status, answer["appended"]) == (201, len(events)), answer
 
-    store = await SQLiteStore.open(api.server.app[keys.CONFIG].db)
-    try:
-        rows = await store.read(0, 1000)
-    finally:
-        await store.close()
+    rows = await api.server.app[keys.STORE].read(0, 1000)
     assert [r[1] for r in rows] == [e["event_id"] for e in events]
     for row, sent in zip(rows, events):
         wire = codec.to_wire(codec.decode(row[2]), row[1])
