@@ -93,7 +93,8 @@ def serve(config: Config) -> int:
 
 
 async def _replay(config: Config, skip_undecodable: bool) -> int:
-    from projections.replay import UndecodableLog, write_snapshot
+    from projections import query
+    from projections.replay import UndecodableLog
     from service.app import load_read_models, open_store
     from service.progress import Progress
 
@@ -102,8 +103,8 @@ async def _replay(config: Config, skip_undecodable: bool) -> int:
         last = await store.last_position()
         progress = Progress(last, "replay")
         try:
-            models, report = await load_read_models(
-                store, config, use_snapshot=False, skip_undecodable=skip_undecodable,
+            facts, report = await load_read_models(
+                store, config, rebuild=True, skip_undecodable=skip_undecodable,
                 on_progress=progress.update,
             )
         except UndecodableLog as exc:
@@ -111,15 +112,17 @@ async def _replay(config: Config, skip_undecodable: bool) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         progress.done()
-        started = time.perf_counter()
-        await write_snapshot(config.snapshot_path, models, store)
-        state = models.metrics.state
-        finished = sum(s.successful + s.failed for s in state.models.values())
+        try:
+            totals = (await query.ask(facts, query.Question(
+                measures=("total_requests",)))).rows[0]["total_requests"]
+            sessions, in_flight, stale = await query.pending_counts(facts, query.Scope())
+        finally:
+            facts.engine.close()
         print(
-            f"replayed {report.events:,} events up to position {models.position} in "
-            f"{report.seconds:.2f} s ({report.rate:,.0f} events/s): {len(state.sessions):,} "
-            f"sessions, {finished:,} finished requests; snapshot "
-            f"written to {config.snapshot_path} in {time.perf_counter() - started:.2f} s"
+            f"replayed {report.events:,} events up to position {facts.position} in "
+            f"{report.seconds:.2f} s ({report.rate:,.0f} events/s): {sessions:,} sessions, "
+            f"{totals:,} finished and {in_flight + stale:,} pending requests; facts in "
+            f"{config.facts_path}"
         )
         if report.skipped:
             shown = ", ".join(map(str, report.skipped[:50]))
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_p = commands.add_parser("serve", help="run the HTTP service")
     replay_p = commands.add_parser(
-        "replay", help="rebuild the read models from the whole log and write a fresh snapshot "
+        "replay", help="rebuild the request facts (the read side) from the whole log "
                        "(run it with the service stopped)")
     replay_p.add_argument("--skip-undecodable", action="store_true",
                           help="skip events that cannot be decoded and list their positions")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import logging
 
@@ -12,7 +10,9 @@ from aiohttp import web
 from events.sqlite_store import SQLiteStore
 from events.store import EventStore
 from projections.prices import PriceTable
-from projections.replay import ReadModels, ReplayReport, SnapshotRefused, load_snapshot, replay, write_snapshot
+from projections.engine import Engine
+from projections.facts import Facts
+from projections.replay import ReplayReport, catch_up
 from service import keys
 from service.auth import KeyRing, auth_middleware
 from service.config import Config
@@ -23,7 +23,7 @@ from service.price_book import PriceBook
 from service.reads import stream_render
 from service.routes import setup_routes
 from service.stream import MetricsStream
-from service.tailer import SharedStore, Tailer
+from service.tailer import Tailer
 from service.writer import Writer
 
 log = logging.getLogger("service")
@@ -43,7 +43,7 @@ async def open_store(config: Config) -> EventStore:
     applied = await store.migrate()
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    if config.db_max_size and isinstance(store, SQLiteStore):
+    if config.db_max_size and store.limits_size:
         cap = await store.limit_size(config.db_max_size)
         log.info("event log capped at %d bytes (LLM_METRICS_DB_MAX_SIZE)", cap)
     return store
@@ -55,47 +55,30 @@ def load_prices(config: Config) -> PriceTable:
     return PriceBook.for_config(config).load()
 
 
-async def load_read_models(store: EventStore, config: Config, *, use_snapshot: bool = True,
-                           **replay_options) -> tuple[ReadModels, ReplayReport]:
-    """Read models as of the end of the log: from the snapshot when valid, then the tail."""
-    models = ReadModels(load_prices(config))
-    with _gc_paused():
-        if use_snapshot:
-            try:
-                position = await load_snapshot(config.snapshot_path, models, store)
-                log.info("loaded snapshot at position %d", position)
-            except SnapshotRefused as exc:
-                level = logging.INFO if "no snapshot file" in str(exc) else logging.WARNING
-                log.log(level, "snapshot %s not used: %s; replaying the whole log",
-                        config.snapshot_path, exc)
-        report = await replay(store, models, **replay_options)
-    log.info("replayed %d events in %.3f s (%.0f events/s); at position %d",
-             report.events, report.seconds, report.rate, models.position)
-    return models, report
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """The cyclic garbage collector off while read models are rebuilt in bulk.
-
-    Rebuilding makes millions of long-lived objects, and each collection walks those made so
-    far: it cost about a third of decoding a snapshot and 6% of a replay (`make bench`).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
+async def load_read_models(store: EventStore, config: Config, *, rebuild: bool = False,
+                           **replay_options) -> tuple[Facts, ReplayReport]:
+    """The request facts as of the end of the log: the persisted ones plus the log after them
+    (all of it with `rebuild`, or when they are missing or of another log)."""
+    engine = Engine.open(config.facts_path, memory_limit=config.facts_memory)
     try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+        facts = await Facts.open(engine, load_prices(config))
+        report = await catch_up(store, facts, rebuild=rebuild, **replay_options)
+    except BaseException:
+        engine.close()
+        raise
+    if report.rebuilt:
+        log.warning("request facts %s rebuilt from the whole log: %s", config.facts_path,
+                    report.rebuilt)
+    log.info("applied %d events in %.3f s (%.0f events/s); at position %d",
+             report.events, report.seconds, report.rate, facts.position)
+    return facts, report
 
 
 async def freeze_heap(app: web.Application) -> None:
-    """Move everything alive after startup (above all the rebuilt read models, millions of
-    objects that live as long as the process) out of the cyclic collector's sight: otherwise
-    each full collection walks all of it, a pause of a second or so for whichever request
-    triggers it. For the server process only (`python -m service serve`): in a process that
-    builds many apps, such as the tests, it would keep their garbage cycles forever."""
+    """Move everything alive after startup (modules, the app) out of the cyclic collector's
+    sight, so that full collections walk only what requests make. For the server process only
+    (`python -m service serve`): in a process that builds many apps, such as the tests, it
+    would keep their garbage cycles forever."""
     gc.freeze()
 
 
@@ -110,7 +93,6 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
     )
     app[keys.CONFIG] = config
     app[keys.PRICE_BOOK] = PriceBook.for_config(config)
-    app[keys.QUERY_LOCK] = asyncio.Lock()
     app[keys.OTLP_SPANS] = new_span_counts()
     setup_routes(app)
 
@@ -130,27 +112,23 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
                 await app[keys.STORE].close()
             raise
         yield
-        await _snapshot(app, "shutdown")
+        app[keys.MODELS].engine.close()
 
     async def writer_ctx(app: web.Application):
         stream = MetricsStream(app[keys.STORE], app[keys.MODELS], stream_render(app))
         app[keys.STREAM] = stream
         tailer = None
-        if isinstance(app[keys.STORE], SharedStore):
-            # Other replicas append to the same log: follow it (SQLite has one writer, no tailer).
+        if app[keys.STORE].shared:
+            # Other replicas append to the same log: follow it, own commits included.
             tailer = Tailer(app[keys.STORE], app[keys.MODELS], config.tail_poll,
                             on_apply=stream.notify)
             await tailer.start()
         writer = Writer(app[keys.STORE], app[keys.MODELS], config.max_pending,
-                        on_commit=stream.notify, tailer=tailer)
+                        on_commit=stream.notify, follower=tailer)
         app[keys.WRITER] = writer
         writer.start()
         stream.start()
-        snapshots = asyncio.create_task(_snapshot_loop(app), name="snapshots")
         yield
-        snapshots.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await snapshots
         await writer.close()
         if tailer is not None:
             await tailer.close()
@@ -165,24 +143,3 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
     app.cleanup_ctx.extend([store_ctx, models_ctx, writer_ctx])
     app.on_shutdown.append(end_streams)
     return app
-
-
-async def _snapshot(app: web.Application, why: str) -> None:
-    config = app[keys.CONFIG]
-    try:
-        position = await write_snapshot(config.snapshot_path, app[keys.MODELS], app[keys.STORE])
-        log.info("wrote snapshot at position %d (%s)", position, why)
-    except Exception:
-        log.exception("could not write the snapshot to %s", config.snapshot_path)
-
-
-async def _snapshot_loop(app: web.Application) -> None:
-    every = app[keys.CONFIG].snapshot_every
-    if every <= 0:
-        return
-    last = app[keys.MODELS].position
-    while True:
-        await asyncio.sleep(SNAPSHOT_CHECK_S)
-        if app[keys.MODELS].position - last >= every:
-            await _snapshot(app, f"{every} new events")
-            last = app[keys.MODELS].position

@@ -24,13 +24,12 @@ class Config:
     db: str = "data/events.db"
     tail_poll: float = 0.5
     secret: str = field(default=DEFAULT_SECRET, repr=False)
-    snapshot: str = ""
-    snapshot_every: int = 100_000
+    facts: str = ""
+    facts_memory: str = "128MB"
     max_body: int = 10 * 1024**2
     max_pending: int = 200_000
     access_log: bool = False
     prom_public: bool = False
-    prom_session_labels: bool = False
     ingest_keys: tuple[str, ...] = field(default=(), repr=False)
     read_keys: tuple[str, ...] = field(default=(), repr=False)
     max_events: int = 100_000
@@ -43,16 +42,17 @@ class Config:
     db_max_size: int = 0
     prices: str = ""
     stale_after: float = 600.0
-    query_max_events: int = 5_000_000
+    query_timeout: float = 30.0
+    top_models: int = 100
 
     @property
-    def snapshot_path(self) -> str:
-        if self.snapshot:
-            return self.snapshot
+    def facts_path(self) -> str:
+        if self.facts:
+            return self.facts
         if self.uses_postgres:
-            # Each replica keeps its own snapshot; the port tells replicas on one host apart.
-            return f"data/replica-{self.port}.snapshot"
-        return f"{self.db}.snapshot"
+            # Each replica keeps its own facts; the port tells replicas on one host apart.
+            return f"data/replica-{self.port}.facts.duckdb"
+        return f"{self.db}.facts.duckdb"
 
     @property
     def uses_postgres(self) -> bool:
@@ -129,9 +129,12 @@ SETTINGS = [
     Setting("secret", "LLM_METRICS_SECRET", _secret,
             "admin key: the `x-internal-auth` value allowed on every route (plain, or "
             "`sha256:<hex>` of the key)", secret=True),
-    Setting("snapshot", "LLM_METRICS_SNAPSHOT", str, "snapshot file of the read models (default: the DB path + `.snapshot`)"),
-    Setting("snapshot_every", "LLM_METRICS_SNAPSHOT_EVERY", int,
-            "write a snapshot after this many new events (0: only at shutdown)"),
+    Setting("facts", "LLM_METRICS_FACTS", str,
+            "DuckDB file of the request facts, the read side (default: the DB path + "
+            "`.facts.duckdb`); rebuilt from the log when missing or of another version"),
+    Setting("facts_memory", "LLM_METRICS_FACTS_MEMORY", str,
+            "most memory the facts engine (DuckDB) may use for its cache and queries, e.g. "
+            "`128MB`, `1GB`; past it, it reads from and spills to disk"),
     Setting("max_body", "LLM_METRICS_MAX_BODY", _size,
             "largest accepted request body, in bytes (`10MiB` style suffixes work)"),
     Setting("max_pending", "LLM_METRICS_MAX_PENDING", int,
@@ -140,8 +143,6 @@ SETTINGS = [
             "log every HTTP request (off by default: it costs about 10% of throughput)"),
     Setting("prom_public", "LLM_METRICS_PROM_PUBLIC", _flag,
             "serve GET /metrics (Prometheus) without the x-internal-auth header"),
-    Setting("prom_session_labels", "LLM_METRICS_PROM_SESSION_LABELS", _flag,
-            "add per-session series (llm_session_*) to GET /metrics: one series per session"),
     Setting("ingest_keys", "LLM_METRICS_INGEST_KEYS", _keys,
             "comma-separated keys that may only post events (each plain or `sha256:<hex>`)",
             secret=True),
@@ -171,8 +172,12 @@ SETTINGS = [
             "goes back to it)"),
     Setting("stale_after", "LLM_METRICS_STALE_AFTER", _seconds,
             "seconds of event time after which a started, unfinished request counts as stale"),
-    Setting("query_max_events", "LLM_METRICS_QUERY_MAX_EVENTS", int,
-            "most log events one `from`/`to`/`as_of` query may replay (400 above it)"),
+    Setting("query_timeout", "LLM_METRICS_QUERY_TIMEOUT", _seconds,
+            "seconds a metrics question may run before it is stopped (503); a question whose "
+            "client went away stops at once"),
+    Setting("top_models", "LLM_METRICS_TOP_MODELS", int,
+            "GET /metrics: series for this many models (most requests first); the rest add up "
+            "in one `model=\"other\"` series"),
 ]
 
 

@@ -8,6 +8,8 @@ import msgspec
 from aiohttp import web
 
 from events.store import Issue, StoreError, StoreUnavailable
+from projections.engine import EngineError, QueryTimeout
+from projections.query import QueryError
 from service.problems import ApiError
 from service.writer import Overloaded
 
@@ -42,6 +44,15 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as exc:
         return json_error(exc.status, exc.message, exc.details)
+    except QueryError as exc:
+        return json_error(400, f"query parameter {exc.param!r}: {exc}",
+                          [Issue(0, exc.param, str(exc))])
+    except QueryTimeout as exc:
+        return json_error(503, f"{exc} (LLM_METRICS_QUERY_TIMEOUT); narrow the question",
+                          headers={"Retry-After": RETRY_AFTER_S})
+    except EngineError as exc:
+        log.error("facts engine error on %s %s: %s", request.method, request.path, exc)
+        return json_error(500, "internal error in the read side (logged on the server)")
     except (StoreUnavailable, Overloaded) as exc:
         return json_error(503, f"cannot take events now: {exc}", headers={"Retry-After": RETRY_AFTER_S})
     except StoreError as exc:

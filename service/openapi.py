@@ -24,7 +24,7 @@ from msgspec import Meta
 
 from events.schema import WireEvent
 from projections.prices import PriceSaved, PricesDocument
-from projections import timeseries, views
+from projections import query, views
 from service import handlers, keys, otlp, stream
 from service.auth import HEADER, is_public
 from service.errors import ErrorBody
@@ -95,15 +95,19 @@ Cursor = Annotated[int, Meta(ge=0)]
 Position = Annotated[int, Meta(ge=0)]
 Time = Annotated[datetime, Meta(tz=True)]
 Text = Annotated[str, Meta(min_length=1)]
-SortKey = Literal[tuple(views.SORT_KEYS)]
-Bucket = Literal[tuple(timeseries.BUCKETS)]
+SortKey = Literal[query.SESSION_SORTS]
+Bucket = Literal[tuple(query.BUCKETS)]
 
 WINDOW = (Param("from", Time, "only requests whose events are at or after this time (RFC 3339)"),
           Param("to", Time, "only requests whose events are before this time (RFC 3339)"))
 AS_OF = (Param("as_of_position", Position, "the answer as it was at this log position"),
          Param("as_of", Time, "the answer as it was when this time was recorded"))
-FILTERS = (Param("model", Text, "only this model"), Param("user_id", Text, "only this user"),
-           Param("tag", Text, "only requests with this tag"))
+FILTERS = tuple(Param(name, Text, f"only requests with this {name} (repeat: any of them)")
+                for name in query.DIMENSIONS)
+LISTING = (Param("limit", Limit, "rows per page (default 100)"),
+           Param("cursor", Text, "the `next` of the previous page"),
+           Param("order", Literal["asc", "desc"], "sort order (default desc)"))
+CSV = "text/csv"
 
 OTLP_REQUEST = Raw({
     "type": "object",
@@ -116,7 +120,11 @@ OPENMETRICS_TEXT = "application/openmetrics-text"
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/health"): Operation(
-        "Liveness: 200 once replay is done", {200: {JSON: handlers.Health}}, errors=()),
+        "Liveness: 200 once replay is done", {200: {JSON: handlers.Health},
+                                               503: {JSON: handlers.Health}}, errors=(),
+        description="A replica of a shared PostgreSQL log also gives `lag_s` (seconds since "
+                    "it last held the whole log), and answers 503 with a `reason` when it is "
+                    "not following the log or is behind it."),
     ("POST", "/events"): Operation(
         "Ingest one event, a JSON array of events, or NDJSON",
         {201: {JSON: handlers.Ingested}},
@@ -149,21 +157,45 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                Param("since", Time, "sessions seen at or after this time"))),
     ("GET", "/events/metrics/session/{session_id}"): Operation(
         "One session's metrics", {200: {JSON: views.SessionMetrics}},
-        query=(FILTERS[0],) + WINDOW + AS_OF, errors=(404,)),
+        query=FILTERS + WINDOW + AS_OF, errors=(404,)),
+    ("GET", "/events/metrics/session/{session_id}/requests"): Operation(
+        "A session's requests, newest first, each with its fields",
+        {200: {JSON: views.RequestsPage}},
+        query=(Param("limit", Limit, "requests per page (default 100)"),
+               Param("cursor", Text, "the `next` of the previous page")), errors=(404,)),
+    ("GET", "/events/metrics/query"): Operation(
+        "The metrics query API: measures over any slice, grouped by any dimensions",
+        {200: {JSON: views.QueryAnswer, CSV: TEXT}},
+        query=(Param("group_by", str, "comma-separated dimensions: "
+                     + ", ".join(query.DIMENSIONS) + ", time (with bucket)"),
+               Param("measures", str, "comma-separated measures: " + ", ".join(query.MEASURES)),
+               Param("bucket", Bucket, "time bucket for group_by=time"),
+               Param("sort", str, "a measure or dimension asked for"),
+               Param("format", Literal["json", "csv"], "csv: the rows as text/csv"))
+        + LISTING + FILTERS + WINDOW + AS_OF),
+    ("GET", "/events/metrics/users"): Operation(
+        "Every user with their metrics, most requests first",
+        {200: {JSON: views.QueryAnswer, CSV: TEXT}},
+        query=(Param("sort", Literal[query.LISTING_MEASURES + ("user_id",)], "sort key"),)
+        + LISTING + FILTERS + WINDOW + AS_OF),
+    ("GET", "/events/metrics/tags"): Operation(
+        "Every tag with its metrics, most requests first",
+        {200: {JSON: views.QueryAnswer, CSV: TEXT}},
+        query=(Param("sort", Literal[query.LISTING_MEASURES + ("tag",)], "sort key"),)
+        + LISTING + FILTERS + WINDOW + AS_OF),
     ("GET", "/events/metrics/models"): Operation(
-        "Metrics per model", {200: {JSON: views.ModelList}}, query=WINDOW + AS_OF),
+        "Metrics per model", {200: {JSON: views.ModelList}}, query=FILTERS + WINDOW + AS_OF),
     ("GET", "/events/metrics/models/{model}"): Operation(
-        "One model's metrics", {200: {JSON: views.ModelMetrics}}, query=WINDOW + AS_OF,
-        errors=(404,)),
+        "One model's metrics", {200: {JSON: views.ModelMetrics}},
+        query=FILTERS + WINDOW + AS_OF, errors=(404,)),
     ("GET", "/events/metrics/users/{user_id}"): Operation(
-        "One user's metrics", {200: {JSON: views.UserMetrics}}, query=WINDOW + AS_OF,
+        "One user's metrics", {200: {JSON: views.UserMetrics}}, query=FILTERS + WINDOW + AS_OF,
         errors=(404,)),
     ("GET", "/events/metrics/timeseries"): Operation(
         "Requests, failures, tokens, cost and latency per time bucket",
-        {200: {JSON: timeseries.Series}},
-        query=(Param("bucket", Bucket, "bucket width (default 1h)"),) + WINDOW
-        + (Param("model", Text, "only this model"),
-           Param("session_id", Text, "only this session"))),
+        {200: {JSON: views.Series}},
+        query=(Param("bucket", Bucket, "bucket width (default 1h)"),) + WINDOW + AS_OF
+        + FILTERS),
     ("GET", "/events/metrics/stream"): Operation(
         "Server-Sent Events: the global metrics (and touched sessions) after each commit",
         {200: {"text/event-stream": Sse("metrics", stream.Update)}}),

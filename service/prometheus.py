@@ -1,16 +1,18 @@
 """`GET /metrics`: the read models in the Prometheus text format (OpenMetrics when asked).
 
-Every figure comes from a projection: request, token and cost counters from the metrics
-projection's per-model totals, latency histograms from `projections.prometheus`, log figures
-from the read models' position and the writer. `prometheus_client` writes the formats and picks
-one from the `Accept` header, so the output is what Prometheus' own client library would write.
+Every figure comes from the query layer (one query per model family, one for pending requests),
+read before the families are written; `prometheus_client` writes the formats and picks one from
+the `Accept` header, so the output is what Prometheus' own client library would write.
 
-Labels are `model`, `status`, `type` and `outcome` only: a label per session would make one
-series per session (unbounded), so per-session series exist only with
-`LLM_METRICS_PROM_SESSION_LABELS=1`, as separate `llm_session_*` families.
+Labels are `model`, `status`, `type` and `outcome` only, and `model` takes at most
+`LLM_METRICS_TOP_MODELS` values (the rest add up in `model="other"`): a label per session or an
+unbounded model list would make a series per value. Per-session figures are in the JSON API
+(`/events/metrics/query?group_by=session_id`).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -22,47 +24,58 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from projections.metrics import all_pending_counts, session_stats
-from projections.prices import PICO
-from projections.stats import cost as stats_cost
-from projections.prometheus import BUCKETS_S, Histogram
+from projections import query
+from projections.query import Scope
 from service import keys
-from service.reads import cutoff_us
 
+# The OpenTelemetry GenAI semantic conventions' duration buckets, in seconds.
+BUCKETS_S: tuple[float, ...] = tuple(round(0.01 * 2**i, 2) for i in range(14))
+_BUCKETS_US: tuple[int, ...] = tuple(10_000 * 2**i for i in range(14))
 _LE = [repr(bound) for bound in BUCKETS_S] + ["+Inf"]
-TOKEN_TYPES = ("prompt", "completion", "cached_prompt", "reasoning")
+TOKEN_TYPES = ("prompt", "completion", "cached_prompt", "cache_write_prompt", "reasoning")
+_TOKEN_RAW = ("prompt", "completion", "cached", "cache_write", "reasoning")
 
 
-class ReadModelCollector(Collector):
-    """Metric families computed from the application's read models at each scrape."""
+class Figures:
+    """What one scrape shows, read from the query layer before the families are written."""
 
-    def __init__(self, app: web.Application):
-        self.app = app
+    def __init__(self, models: list[dict], sessions: int, in_flight: int, stale: int,
+                 position: int, appended: int, spans: dict[str, int], top: int):
+        self.models, self.sessions, self.in_flight, self.stale = models, sessions, in_flight, stale
+        self.position, self.appended, self.spans, self.top = position, appended, spans, top
+
+
+async def read_figures(app: web.Application) -> Figures:
+    facts = app[keys.MODELS]
+    config = app[keys.CONFIG]
+    timeout = config.query_timeout
+    models, (sessions, in_flight, stale) = await asyncio.gather(
+        query.model_figures(facts, _BUCKETS_US, config.top_models, timeout=timeout),
+        query.pending_counts(facts, Scope(stale_after_us=int(config.stale_after * 1e6)),
+                             timeout=timeout))
+    return Figures(models, sessions, in_flight, stale, facts.position, app[keys.WRITER].appended,
+                   dict(app[keys.OTLP_SPANS]), config.top_models)
+
+
+class FiguresCollector(Collector):
+    """Metric families from figures read once per scrape."""
+
+    def __init__(self, figures: Figures):
+        self.figures = figures
 
     def collect(self):
-        app = self.app
-        models = app[keys.MODELS]
-        state = models.metrics.state
+        f = self.figures
         requests = CounterMetricFamily(
             "llm_requests", "Finished LLM requests by model and status (ok: completed, "
-                            "error: failed).", labels=["model", "status"])
+                            f"error: failed); models past the {f.top} with most requests add "
+                            "up in model=\"other\".", labels=["model", "status"])
         tokens = CounterMetricFamily(
-            "llm_tokens", "Tokens of completed requests by model and type (cached_prompt is "
-                          "part of prompt, reasoning part of completion).",
+            "llm_tokens", "Tokens of completed requests by model and type (cached_prompt and "
+                          "cache_write_prompt are parts of prompt, reasoning of completion).",
             labels=["model", "type"])
         cost = CounterMetricFamily(
-            "llm_cost_usd", "Cost of completed requests in US dollars, by model (price table, "
-                            "or the cost the caller sent).", labels=["model"])
-        for model, stats in sorted(state.models.items()):
-            requests.add_metric([model, "ok"], stats.successful)
-            requests.add_metric([model, "error"], stats.failed)
-            for kind, value in zip(TOKEN_TYPES, (stats.prompt_tokens, stats.completion_tokens,
-                                                 stats.cached_prompt_tokens,
-                                                 stats.reasoning_tokens)):
-                tokens.add_metric([model, kind], value)
-            cost.add_metric([model], sum(stats_cost(stats, models.prices.lookup(model))) / PICO)
-        yield from (requests, tokens, cost)
-
+            "llm_cost_usd", "Cost of completed requests in US dollars, by model (price table "
+                            "in force, or the cost the caller sent).", labels=["model"])
         duration = HistogramMetricFamily(
             "llm_request_duration_seconds", "Duration of completed LLM requests.",
             labels=["model"])
@@ -70,58 +83,44 @@ class ReadModelCollector(Collector):
             "llm_time_to_first_token_seconds",
             "Time to the first token of completed (streamed) LLM requests that report it.",
             labels=["model"])
-        for model, latency in sorted(models.prometheus.state.models.items()):
-            duration.add_metric([model], *_histogram(latency.duration))
-            if latency.time_to_first_token.count:
-                ttft.add_metric([model], *_histogram(latency.time_to_first_token))
-        yield from (duration, ttft)
-
-        in_flight, stale = all_pending_counts(state, cutoff_us(app, models))
+        n = len(_BUCKETS_US)
+        for row in f.models:
+            model = row["model"]
+            requests.add_metric([model, "ok"], row["ok"])
+            requests.add_metric([model, "error"], row["failed"])
+            for kind, raw in zip(TOKEN_TYPES, _TOKEN_RAW):
+                tokens.add_metric([model, kind], row[raw])
+            cost.add_metric([model], row["cost"] / query.PICO)
+            counts = [row[f"d{i}"] for i in range(n)] + [row["ok"]]
+            duration.add_metric([model], list(zip(_LE, counts)), row["duration"] / 1e6)
+            if row["ttft_n"]:
+                counts = [row[f"t{i}"] for i in range(n)] + [row["ttft_n"]]
+                ttft.add_metric([model], list(zip(_LE, counts)), row["ttft_sum"] / 1e6)
+        yield from (requests, tokens, cost, duration, ttft)
         yield GaugeMetricFamily("llm_in_flight_requests", "Requests started and not finished "
-                                "yet (and not stale).", value=in_flight)
+                                "yet (and not stale).", value=f.in_flight)
         yield GaugeMetricFamily("llm_stale_requests", "Requests started and not finished "
-                                "after LLM_METRICS_STALE_AFTER.", value=stale)
-        yield CounterMetricFamily("llm_sessions", "Sessions seen.", value=len(state.sessions))
+                                "after LLM_METRICS_STALE_AFTER.", value=f.stale)
+        yield CounterMetricFamily("llm_sessions", "Sessions seen.", value=f.sessions)
         yield CounterMetricFamily(
             "llm_events_appended", "Events this process appended to the event log since it "
-                                   "started.", value=app[keys.WRITER].appended)
+                                   "started.", value=f.appended)
         yield GaugeMetricFamily("llm_event_log_position",
                                 "Position of the newest event applied to the read models.",
-                                value=models.position)
+                                value=f.position)
         spans = CounterMetricFamily(
             "llm_otlp_spans", "Spans received on POST /v1/traces since the process started, by "
                               "outcome (mapped, rejected, tool: execute_tool spans, ignored: "
                               "not GenAI).", labels=["outcome"])
-        for outcome, count in app[keys.OTLP_SPANS].items():
+        for outcome, count in f.spans.items():
             spans.add_metric([outcome], count)
         yield spans
 
-        if app[keys.CONFIG].prom_session_labels:
-            yield from _session_families(state)
 
-
-def _histogram(h: Histogram) -> tuple[list[tuple[str, int]], float]:
-    return list(zip(_LE, h.cumulative())), h.sum_us / 1e6
-
-
-def _session_families(state):
-    requests = CounterMetricFamily("llm_session_requests", "Finished requests per session.",
-                                   labels=["session_id", "model", "status"])
-    tokens = CounterMetricFamily("llm_session_tokens", "Tokens of completed requests per "
-                                 "session.", labels=["session_id", "model", "type"])
-    for sid in state.order:
-        for model, stats in sorted(session_stats(state.sessions[sid], state.names).items()):
-            requests.add_metric([sid, model, "ok"], stats.successful)
-            requests.add_metric([sid, model, "error"], stats.failed)
-            tokens.add_metric([sid, model, "prompt"], stats.prompt_tokens)
-            tokens.add_metric([sid, model, "completion"], stats.completion_tokens)
-    return requests, tokens
-
-
-def registry_for(app: web.Application) -> CollectorRegistry:
-    """One registry per application (tests run many apps in one process)."""
+def registry_for(figures: Figures) -> CollectorRegistry:
+    """A registry per scrape, holding that scrape's figures."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ReadModelCollector(app))
+    registry.register(FiguresCollector(figures))
     ProcessCollector(registry=registry)
     return registry
 
@@ -129,6 +128,5 @@ def registry_for(app: web.Application) -> CollectorRegistry:
 async def get_metrics(request: web.Request) -> web.Response:
     """The exposition, in the format the `Accept` header asks for (text 0.0.4 by default)."""
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    # A registry per scrape is cheap next to the scrape itself and keeps the app state plain.
-    body = encode(registry_for(request.app))
+    body = encode(registry_for(await read_figures(request.app)))
     return web.Response(body=body, headers={"content-type": content_type})

@@ -1,190 +1,237 @@
-"""Metrics read handlers: parse the question, pick the read models that answer it, encode.
+"""Metrics read handlers: parse the question, ask the query layer once, encode.
 
-Most questions are answered from the live read models in microseconds. A time window
-(`from`/`to`), a point in the log (`as_of_position`/`as_of`) or a user-and-tag filter is
-answered by folding the log into fresh read models (`projections.query.fold`), one such
-question at a time, bounded by `LLM_METRICS_QUERY_MAX_EVENTS`.
+Every rule (windows, as-of, staleness, limits) lives in `projections.query`; a `QueryError` it
+raises becomes a 400 naming the parameter (`service.errors`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 
 from aiohttp import web
 
-from projections import views
-from projections.filters import EventFilter
-from projections.query import QueryTooLarge, fold, position_at
-from projections.replay import ReadModels
-from projections.timeseries import BUCKETS, series, data_range
+from projections import query
+from projections.query import Question, Scope, SessionFilter
 from service import keys
 from service.errors import json_error
 from service.handlers import json_response
 from service.params import bool_param, choice_param, int_param, str_param, time_param
 from service.problems import ApiError
 
-# More points than this in one time series is a mistake (or a denial of service).
-MAX_POINTS = 1500
-DEFAULT_POINTS = 100
+FILTERS = ("model", "provider", "user_id", "session_id", "tag", "error_type", "finish_reason")
 
 
-def cutoff_us(app: web.Application, models: ReadModels) -> int:
-    """Requests started before this event time and still unfinished are stale."""
-    stale_us = int(app[keys.CONFIG].stale_after * 1_000_000)
-    return models.metrics.state.newest_event_us - stale_us
+def _list(request: web.Request, name: str) -> tuple[str, ...]:
+    """A parameter that may repeat and hold commas: `?a=x,y&a=z` -> ('x', 'y', 'z')."""
+    return tuple(part for raw in request.query.getall(name, ()) for part in raw.split(",")
+                 if part != "")
 
 
-def _filter(request: web.Request, **fixed: str) -> EventFilter:
-    fields = {name: str_param(request, name) for name in ("model", "user_id", "tag")}
-    fields.update(fixed)
-    from_us = time_param("from", request.query.get("from"))
-    to_us = time_param("to", request.query.get("to"))
-    if from_us is not None and to_us is not None and from_us >= to_us:
-        raise ApiError(400, "query parameter 'from' must be before 'to'")
-    return EventFilter(**fields, from_us=from_us, to_us=to_us)
+def _where(request: web.Request, **fixed: str) -> dict[str, tuple[str, ...]]:
+    # Filter values are taken whole (a model name may hold a comma), each repeat one value.
+    where = {name: tuple(v for v in request.query.getall(name, ()) if v != "")
+             for name in FILTERS}
+    where = {name: values for name, values in where.items() if values}
+    where.update({name: (value,) for name, value in fixed.items()})
+    return where
 
 
-async def _as_of(request: web.Request) -> int | None:
+async def _question(request: web.Request, **fixed: str) -> Question:
+    """The slice every read accepts: filters, `from`/`to`, `as_of_position` or `as_of`."""
     position = int_param(request, "as_of_position", None, 0, None)
     recorded = time_param("as_of", request.query.get("as_of"))
     if position is not None and recorded is not None:
         raise ApiError(400, "give either 'as_of_position' or 'as_of', not both")
     if recorded is not None:
-        return await position_at(request.app[keys.STORE], recorded)
-    return position
+        position = await query.position_at(request.app[keys.STORE], recorded)
+    return Question(
+        where=_where(request, **fixed),
+        from_us=time_param("from", request.query.get("from")),
+        to_us=time_param("to", request.query.get("to")),
+        as_of_position=position,
+    )
 
 
-async def _models_for(request: web.Request, where: EventFilter) -> tuple[ReadModels, bool]:
-    """The read models that answer `where` (and any as-of), and whether they are already
-    filtered (a folded answer) rather than the live, complete ones."""
-    as_of = await _as_of(request)
-    live = request.app[keys.MODELS]
-    if as_of is None and where.in_memory:
-        return live, False
+async def _scope(request: web.Request, **fixed: str) -> Scope:
     config = request.app[keys.CONFIG]
-    folded_filter = None if where.in_memory else where
-    async with request.app[keys.QUERY_LOCK]:
-        try:
-            models = await fold(request.app[keys.STORE], live.prices, until=as_of,
-                                where=folded_filter, snapshot_path=config.snapshot_path,
-                                max_events=config.query_max_events)
-        except QueryTooLarge as exc:
-            raise ApiError(400, f"{exc}; narrow the question (as_of_position, from/to)") from None
-    return models, folded_filter is not None
+    return Scope(question=await _question(request, **fixed),
+                 stale_after_us=int(config.stale_after * 1_000_000))
+
+
+def _timeout(request: web.Request) -> float:
+    return request.app[keys.CONFIG].query_timeout
 
 
 async def get_global(request: web.Request) -> web.Response:
-    """`GET /events/metrics[?model=&user_id=&tag=&from=&to=&as_of_position=&as_of=]`."""
-    where = _filter(request)
-    models, filtered = await _models_for(request, where)
-    state = models.metrics.state
-    return json_response(views.global_metrics(state, cutoff_us(request.app, models),
-                                              models.prices, None if filtered else where))
+    """`GET /events/metrics`: totals over every session, or the slice the filters pick."""
+    facts = request.app[keys.MODELS]
+    answers = await query.overview(facts, await _scope(request), timeout=_timeout(request))
+    return json_response(query.global_metrics(answers[None]))
 
 
 async def get_session(request: web.Request) -> web.Response:
-    """`GET /events/metrics/session/{session_id}[?model=&from=&to=&as_of_position=&as_of=]`."""
+    """`GET /events/metrics/session/{session_id}`."""
     session_id = request.match_info["session_id"]
-    where = _filter(request, session_id=session_id)
-    models, filtered = await _models_for(request, where)
-    session = models.metrics.state.sessions.get(session_id)
-    if session is None:
-        return json_error(404, f"no events for session {session_id!r}"
-                               f"{' in that window' if filtered else ''}")
-    return json_response(views.session_metrics(models.metrics.state, session_id,
-                                               cutoff_us(request.app, models), models.prices,
-                                               None if filtered else where.model))
+    facts = request.app[keys.MODELS]
+    answers = await query.overview(facts, await _scope(request), "session_id", [session_id],
+                                   timeout=_timeout(request))
+    if session_id not in answers:
+        return json_error(404, f"no events for session {session_id!r} in that slice")
+    return json_response(query.session_metrics(session_id, answers[session_id]))
+
+
+async def get_session_requests(request: web.Request) -> web.Response:
+    """`GET /events/metrics/session/{session_id}/requests?limit=&cursor=`: newest first."""
+    session_id = request.match_info["session_id"]
+    page = await query.session_requests(
+        request.app[keys.MODELS], session_id, int_param(request, "limit", 100, 1, 1000),
+        request.query.get("cursor"), timeout=_timeout(request))
+    if page is None:
+        return json_error(404, f"no events for session {session_id!r}")
+    return json_response(page)
 
 
 async def get_sessions(request: web.Request) -> web.Response:
     """`GET /events/metrics/sessions?limit=&cursor=&sort=&order=&model=&user_id=&has_failures=
-    &since=`."""
-    limit = int_param(request, "limit", 100, 1, 1000)
-    cursor = int_param(request, "cursor", 0, 0, None)
-    sort = choice_param(request, "sort", list(views.SORT_KEYS), "first_seen")
+    &since=` (plus the slice parameters)."""
+    sort = choice_param(request, "sort", query.SESSION_SORTS, "first_seen")
     order = choice_param(request, "order", ["asc", "desc"],
                          "asc" if sort == "first_seen" else "desc")
-    where = views.SessionFilter(
+    where = SessionFilter(
         model=str_param(request, "model"),
         user_id=str_param(request, "user_id"),
         has_failures=bool_param(request, "has_failures"),
         since_us=time_param("since", request.query.get("since")),
     )
-    models = request.app[keys.MODELS]
-    return json_response(views.sessions_page(models.metrics.state, cursor, limit,
-                                             cutoff_us(request.app, models), models.prices,
-                                             sort, order == "desc", where))
+    scope = await _scope(request)
+    # model and user_id pick sessions here, not requests: a session is shown whole.
+    scope = Scope(question=Question(from_us=scope.question.from_us, to_us=scope.question.to_us,
+                                    as_of_position=scope.question.as_of_position),
+                  stale_after_us=scope.stale_after_us)
+    page = await query.sessions_page(
+        request.app[keys.MODELS], scope, where, sort, order == "desc",
+        int_param(request, "limit", 100, 1, 1000), request.query.get("cursor"),
+        timeout=_timeout(request))
+    return json_response(page)
 
 
 async def get_models(request: web.Request) -> web.Response:
-    """`GET /events/metrics/models[?from=&to=&as_of_position=&as_of=]`: every model."""
-    models, _ = await _models_for(request, _filter(request))
-    return json_response(views.ModelList([
-        views.model_metrics(name, stats, models.prices)
-        for name, stats in sorted(models.metrics.state.models.items())
-    ]))
+    """`GET /events/metrics/models`: every model of the slice."""
+    facts = request.app[keys.MODELS]
+    answers = await query.overview(facts, await _scope(request), "model",
+                                   timeout=_timeout(request))
+    priced = await query.priced_models(facts)
+    return json_response(query.views.ModelList([
+        query.model_metrics(name, answer, name in priced)
+        for name, answer in sorted(answers.items()) if answer["total_requests"]]))
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """`GET /events/metrics/models/{model}[?from=&to=&as_of_position=&as_of=]`."""
+    """`GET /events/metrics/models/{model}`."""
     name = request.match_info["model"]
-    models, _ = await _models_for(request, _filter(request, model=name))
-    stats = models.metrics.state.models.get(name)
-    if stats is None:
+    facts = request.app[keys.MODELS]
+    answers = await query.overview(facts, await _scope(request), "model", [name],
+                                   timeout=_timeout(request))
+    if not answers.get(name, {}).get("total_requests"):
         return json_error(404, f"no finished requests for model {name!r}")
-    return json_response(views.model_metrics(name, stats, models.prices))
+    return json_response(query.model_metrics(name, answers[name],
+                                             name in await query.priced_models(facts)))
 
 
 async def get_user(request: web.Request) -> web.Response:
-    """`GET /events/metrics/users/{user_id}[?from=&to=&as_of_position=&as_of=]`."""
+    """`GET /events/metrics/users/{user_id}`."""
     user_id = request.match_info["user_id"]
-    models, _ = await _models_for(request, _filter(request, user_id=user_id))
-    by_model = models.metrics.state.users.get(user_id)
-    if by_model is None:
+    answers = await query.overview(request.app[keys.MODELS], await _scope(request), "user_id",
+                                   [user_id], timeout=_timeout(request))
+    if not answers.get(user_id, {}).get("total_requests"):
         return json_error(404, f"no finished requests for user {user_id!r}")
-    return json_response(views.user_metrics(user_id, by_model, models.prices))
+    return json_response(query.user_metrics(user_id, answers[user_id]))
+
+
+def _listing(dimension: str):
+    async def get_listing(request: web.Request) -> web.Response:
+        base = await _question(request)
+        q = Question(
+            group_by=(dimension,), measures=query.LISTING_MEASURES, where=base.where,
+            from_us=base.from_us, to_us=base.to_us, as_of_position=base.as_of_position,
+            sort=choice_param(request, "sort", query.LISTING_MEASURES + (dimension,),
+                              "total_requests"),
+            order=choice_param(request, "order", ["asc", "desc"], "desc"),
+            limit=int_param(request, "limit", 100, 1, query.MAX_LIMIT),
+            cursor=request.query.get("cursor"))
+        return _table(request, await query.ask(request.app[keys.MODELS], q,
+                                               timeout=_timeout(request)))
+    get_listing.__doc__ = f"`GET /events/metrics/{dimension.removesuffix('_id')}s`: each " \
+                          f"{dimension} with its metrics, most requests first."
+    return get_listing
+
+
+get_users = _listing("user_id")
+get_tags = _listing("tag")
+
+
+async def get_query(request: web.Request) -> web.Response:
+    """`GET /events/metrics/query?group_by=&measures=&...`: the metrics query API."""
+    base = await _question(request)
+    q = Question(
+        group_by=_list(request, "group_by"),
+        measures=_list(request, "measures") or ("total_requests",),
+        where=base.where, from_us=base.from_us, to_us=base.to_us,
+        as_of_position=base.as_of_position,
+        bucket=str_param(request, "bucket"), sort=str_param(request, "sort"),
+        order=request.query.get("order") or "desc",
+        limit=int_param(request, "limit", 100, 1, query.MAX_LIMIT),
+        cursor=request.query.get("cursor"))
+    return _table(request, await query.ask(request.app[keys.MODELS], q,
+                                           timeout=_timeout(request)))
+
+
+def _table(request: web.Request, answer: query.views.QueryAnswer) -> web.Response:
+    """JSON, or CSV when `format=csv` or `Accept: text/csv` asks for it (`next` in a header)."""
+    wants_csv = (request.query.get("format") == "csv"
+                 or "text/csv" in request.headers.get("accept", ""))
+    if not wants_csv:
+        return json_response(answer)
+    out = io.StringIO()
+    columns = list(answer.rows[0]) if answer.rows else []
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in answer.rows:
+        writer.writerow(["" if row[c] is None else row[c] for c in columns])
+    headers = {"x-next-cursor": answer.next} if answer.next else None
+    return web.Response(text=out.getvalue(), content_type="text/csv", headers=headers)
 
 
 async def get_timeseries(request: web.Request) -> web.Response:
-    """`GET /events/metrics/timeseries?bucket=1m|5m|1h|1d&from=&to=[&model=][&session_id=]`."""
-    bucket = choice_param(request, "bucket", list(BUCKETS), "1h")
-    width = BUCKETS[bucket][0]
-    from_us = time_param("from", request.query.get("from"))
-    to_us = time_param("to", request.query.get("to"))
-    model = str_param(request, "model")
-    session_id = str_param(request, "session_id")
-    models = request.app[keys.MODELS]
-    if session_id is not None:
-        async with request.app[keys.QUERY_LOCK]:
-            try:
-                models = await fold(request.app[keys.STORE], models.prices,
-                                    where=EventFilter(session_id=session_id),
-                                    max_events=request.app[keys.CONFIG].query_max_events)
-            except QueryTooLarge as exc:
-                raise ApiError(400, str(exc)) from None
-    state = models.timeseries.state
+    """`GET /events/metrics/timeseries?bucket=1m|5m|1h|1d&from=&to=` (plus the slice)."""
+    bucket = choice_param(request, "bucket", list(query.BUCKETS), "1h")
+    facts = request.app[keys.MODELS]
+    q = await _question(request)
+    to_us, from_us = q.to_us, q.from_us
     if to_us is None:
-        known = data_range(state)
+        known = await query.data_range(facts)
         to_us = known[1] if known else time.time_ns() // 1000
     if from_us is None:
-        from_us = to_us - DEFAULT_POINTS * width
-    if from_us >= to_us:
-        raise ApiError(400, "query parameter 'from' must be before 'to'")
-    points = -(-(to_us - (from_us - from_us % width)) // width)
-    if points > MAX_POINTS:
-        raise ApiError(400, f"{points} points of {bucket} between 'from' and 'to' is more than "
-                            f"{MAX_POINTS}; use a larger 'bucket' or a shorter range")
-    return json_response(series(state, models.prices, bucket, from_us, to_us, model))
+        from_us = to_us - DEFAULT_POINTS * query.BUCKETS[bucket]
+    q = Question(where=q.where, from_us=from_us, to_us=to_us, as_of_position=q.as_of_position,
+                 bucket=bucket)
+    return json_response(await query.series(facts, q, timeout=_timeout(request)))
+
+
+DEFAULT_POINTS = 100
 
 
 def stream_render(app: web.Application):
     """What `GET /events/metrics/stream` pushes: the bodies of `GET /events/metrics` and of
     `GET /events/metrics/session/{id}` for the sessions an append touched."""
-    def render(session_ids: list[str]) -> tuple[object, list[object]]:
-        models = app[keys.MODELS]
-        state = models.metrics.state
-        cutoff = cutoff_us(app, models)
-        return views.global_metrics(state, cutoff, models.prices), [
-            views.session_metrics(state, sid, cutoff, models.prices)
-            for sid in session_ids if sid in state.sessions]
+    async def render(session_ids: list[str]) -> tuple[object, list[object]]:
+        facts = app[keys.MODELS]
+        scope = Scope(stale_after_us=int(app[keys.CONFIG].stale_after * 1_000_000))
+        overall = await query.overview(facts, scope)
+        sessions = await query.overview(facts, scope, "session_id", session_ids) \
+            if session_ids else {}
+        return query.global_metrics(overall[None]), [
+            query.session_metrics(sid, sessions[sid]) for sid in session_ids if sid in sessions]
     return render

@@ -14,6 +14,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/events", handlers.get_log)
     app.router.add_get("/events/metrics", reads.get_global)
     app.router.add_get("/events/metrics/sessions", reads.get_sessions)
+    app.router.add_get("/events/metrics/query", reads.get_query)
+    app.router.add_get("/events/metrics/users", reads.get_users)
+    app.router.add_get("/events/metrics/tags", reads.get_tags)
     app.router.add_get("/events/metrics/models", reads.get_models)
     # `[\s\S]+`: any character, newlines too (`.` stops at one: a 404 for a stored id).
     app.router.add_get("/events/metrics/models/{model:[\\s\\S]+}", reads.get_model)
@@ -23,6 +26,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/dashboard", dashboard.get_dashboard)
     # `[\s\S]+` (any character, newlines too) so that every stored session id, even one with
     # an encoded `/` or line break, reaches the handler.
+    app.router.add_get("/events/metrics/session/{session_id:[\\s\\S]+}/requests",
+                       reads.get_session_requests)
     app.router.add_get("/events/metrics/session/{session_id:[\\s\\S]+}", reads.get_session)
     app.router.add_post("/v1/traces", otlp.post_traces)
     app.router.add_get("/metrics", prometheus.get_metrics)

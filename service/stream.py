@@ -21,13 +21,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 import msgspec
 
 from events.codec import UndecodableEvent, decode
 from events.store import EventStore
-from projections.replay import ReadModels
+from projections.facts import Facts
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,18 @@ def sse(data: bytes, event: str = "metrics") -> bytes:
 
 # What the stream shows, computed by the same code as the REST endpoints: given the touched
 # session ids, (the `GET /events/metrics` body, the `GET /events/metrics/session/{id}` bodies).
-Render = Callable[[list[str]], tuple[object, list[object]]]
+Render = Callable[[list[str]], Awaitable[tuple[object, list[object]]]]
 
 
 class MetricsStream:
-    def __init__(self, store: EventStore, models: ReadModels, render: Render):
+    def __init__(self, store: EventStore, models: Facts, render: Render):
         self._store = store
         self._models = models
         self._render = render
         self._moved = asyncio.Event()
         self._subscribers: set[asyncio.Queue] = set()
+        # New subscribers waiting for their first message.
+        self._resyncs: set[asyncio.Queue] = set()
         self._published = models.position
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -119,19 +121,22 @@ class MetricsStream:
     def subscribe(self):
         """A mailbox of encoded SSE frames; `None` in it means the service is shutting down."""
         mailbox: asyncio.Queue = asyncio.Queue(MAILBOX)
-        mailbox.put_nowait(self._resync())
+        # The first message is a resync, built by the publisher (rendering is a query).
+        self._resyncs.add(mailbox)
+        self._moved.set()
         self._subscribers.add(mailbox)
         try:
             yield mailbox
         finally:
             self._subscribers.discard(mailbox)
+            self._resyncs.discard(mailbox)
 
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def _resync(self) -> bytes:
-        global_metrics, _ = self._render([])
+    async def _resync(self) -> bytes:
+        global_metrics, _ = await self._render([])
         return sse(_encode(Update(from_position=None, position=self._models.position,
                                   sessions_complete=False, global_metrics=global_metrics,
                                   sessions=[])))
@@ -139,8 +144,15 @@ class MetricsStream:
     async def _publish_loop(self) -> None:
         while not self._closed:
             moved = self._moved
-            if self._models.position == self._published:
+            if self._models.position == self._published and not self._resyncs:
                 await moved.wait()
+            if self._resyncs:
+                frame = await self._resync()
+                for mailbox in list(self._resyncs):
+                    _replace_all(mailbox, frame)
+                self._resyncs.clear()
+                if self._models.position == self._published:
+                    continue
             if not self._subscribers:
                 # Nobody listens: remember where we are and skip reading the log.
                 self._published = self._models.position
@@ -150,11 +162,11 @@ class MetricsStream:
                 frame = await self._next_update()
             except Exception:  # a failed read must not end the stream for good
                 log.exception("could not build a metrics update")
-                frame = self._resync()
+                frame = await self._resync()
                 self._published = self._models.position
             for mailbox in list(self._subscribers):
                 if mailbox.full():
-                    _replace_all(mailbox, self._resync())
+                    _replace_all(mailbox, await self._resync())
                 else:
                     mailbox.put_nowait(frame)
             # Rendering runs on the event loop; when it is slow (a huge state), space the updates
@@ -174,7 +186,7 @@ class MetricsStream:
                     continue
         # Rendered after the await, so the metrics may already include events past `end`;
         # the next update lists the sessions those touched.
-        global_metrics, sessions = self._render(list(touched))
+        global_metrics, sessions = await self._render(list(touched))
         self._published = end
         return sse(_encode(Update(from_position=start, position=end, sessions_complete=complete,
                                   global_metrics=global_metrics, sessions=sessions)))

@@ -11,7 +11,7 @@ AUTH = {"x-internal-auth": "secret"}
 
 @pytest.fixture
 def config(tmp_path) -> Config:
-    return Config(db=str(tmp_path / "events.db"), snapshot_every=0)
+    return Config(db=str(tmp_path / "events.db"))
 
 
 @pytest.fixture
