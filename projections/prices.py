@@ -85,11 +85,11 @@ class Tier(msgspec.Struct, kw_only=True):
 
 
 class Period(msgspec.Struct, kw_only=True, omit_defaults=True, rename={"from_": "from"}):
+    from_: str | None = None
     input: float
     output: float
     cached_input: float
     cache_write: float
-    from_: str | None = None
     above: Tier | None = None
 
 
@@ -136,7 +136,7 @@ class Price(NamedTuple):
     cached_input: int
 
 
-def _pico_per_token(usd_per_million: float) -> int:
+def pico_per_token(usd_per_million: float) -> int:
     return int((Decimal(str(usd_per_million)) * 10**6).to_integral_value())
 
 
@@ -212,9 +212,9 @@ class PriceTable:
             return None
         rates = _rates(period, prompt_tokens)
         fresh = prompt_tokens - cached_prompt_tokens - cache_write_prompt_tokens
-        prompt = (fresh * _pico_per_token(rates[0]) + cached_prompt_tokens
-                  * _pico_per_token(rates[2]) + cache_write_prompt_tokens * _pico_per_token(rates[3]))
-        return Cost(prompt, completion_tokens * _pico_per_token(rates[1]))
+        prompt = (fresh * pico_per_token(rates[0]) + cached_prompt_tokens
+                  * pico_per_token(rates[2]) + cache_write_prompt_tokens * pico_per_token(rates[3]))
+        return Cost(prompt, completion_tokens * pico_per_token(rates[1]))
 
     def lookup(self, model: str) -> Price | None:
         """The newest base prices of `model` in pico-dollars per token, or None."""
@@ -222,8 +222,8 @@ class PriceTable:
         if not periods:
             return None
         p = periods[-1]
-        return Price(_pico_per_token(p.input), _pico_per_token(p.output),
-                     _pico_per_token(p.cached_input))
+        return Price(pico_per_token(p.input), pico_per_token(p.output),
+                     pico_per_token(p.cached_input))
 
     def document(self) -> PricesDocument:
         return PricesDocument(digest=self.digest, models=self._models)
