@@ -58,6 +58,7 @@ def serve(config: Config) -> int:
     from projections.replay import UndecodableLog
     from service.app import create_app, freeze_heap
     from service.auth import AccessLogger, is_default_secret
+    from service.errors import quiet_parser_errors
 
     if is_default_secret(config.secret):
         if not _is_loopback(config.host):
@@ -68,6 +69,7 @@ def serve(config: Config) -> int:
             return 2
         log.warning("LLM_METRICS_SECRET is the default %r: fine on a laptop, set your own "
                     "before anyone else can reach this port", DEFAULT_SECRET)
+    quiet_parser_errors()
     app = create_app(config)
     app.on_startup.append(freeze_heap)  # after create_app's contexts: once the models are built
     try:

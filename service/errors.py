@@ -6,6 +6,8 @@ import logging
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from events.store import Issue, StoreError, StoreUnavailable
 from projections.engine import EngineError, QueryTimeout
@@ -77,3 +79,40 @@ async def error_middleware(request: web.Request, handler):
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal error (logged on the server)")
+
+
+# What the HTTP parser's refusals mean, in words that quote nothing of the request. aiohttp's
+# own messages quote the offending line: an `x-internal-auth` header with a control character
+# or over the size limit put the key in the log (with a traceback, at ERROR) and in the answer.
+_PARSER_MESSAGES = {
+    LineTooLong: "the request line or a header field is longer than LLM_METRICS_MAX_HEADER_SIZE",
+    BadStatusLine: "the request line is not an HTTP request line",
+}
+# aiohttp messages that are fixed strings, so they quote nothing.
+_FIXED_PARSER_MESSAGES = frozenset({"Too many headers received",
+                                    "Missing 'Host' header in request."})
+_aiohttp_handle_error = RequestHandler.handle_error
+
+
+def _handle_parser_error(self, request, status=500, exc=None, message=None):
+    if not isinstance(exc, HttpProcessingError):
+        return _aiohttp_handle_error(self, request, status, exc, message)
+    text = next((m for kind, m in _PARSER_MESSAGES.items() if isinstance(exc, kind)), None)
+    if text is None:
+        text = (exc.message if exc.message in _FIXED_PARSER_MESSAGES
+                else "a header is malformed or holds a character HTTP forbids")
+    log.warning("refused an unreadable HTTP request from %s (%s): %s", request.remote,
+                type(exc).__name__, text)
+    response = json_error(status, f"malformed HTTP request: {text} (not echoed)")
+    response.force_close()
+    return response
+
+
+def quiet_parser_errors() -> None:
+    """Answer and log the requests the HTTP parser refuses without quoting their bytes.
+
+    aiohttp has no hook for parser errors (aio-libs/aiohttp#3287: they bypass middlewares),
+    so this replaces `RequestHandler.handle_error` for them; every other error goes to
+    aiohttp's own. Called by `serve`; tests/e2e/test_security.py reads the real process's log.
+    """
+    RequestHandler.handle_error = _handle_parser_error

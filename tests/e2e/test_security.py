@@ -8,6 +8,7 @@ limits, header limits, and slow clients (slowloris) cut off by the header and bo
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import select
 import socket
@@ -131,6 +132,51 @@ def test_no_key_appears_in_answers_or_the_log(server):
             assert key not in answer.text and key not in str(answer.headers)
         assert key not in log
         assert hashlib.sha256(key.encode()).hexdigest() not in log
+
+
+def raw_exchange(server: ServerProcess, head: bytes) -> tuple[int, dict, bytes]:
+    """Send `head` (a request line and headers, as bytes) and read the answer to the end."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    fields = dict(line.decode().split(": ", 1) for line in headers.split(b"\r\n") if line)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()}, body
+
+
+KEY_BYTES = ADMIN.encode()
+UNREADABLE_KEY_LINES = [
+    b"x-internal-auth: " + KEY_BYTES[:12] + b"\x01" + KEY_BYTES[12:],
+    b"x-internal-auth: " + KEY_BYTES + b"\x7f",
+    b"x-internal-auth: " + KEY_BYTES + b"\rx",
+    b"x-internal-auth: " + KEY_BYTES + b"f" * 9000,
+    b"x-internal auth: " + KEY_BYTES,
+    b"x-internal-auth: " + KEY_BYTES + b"\r\nx-internal-auth: " + KEY_BYTES + b"\x00",
+]
+
+
+@pytest.mark.parametrize("line", UNREADABLE_KEY_LINES, ids=[
+    "control character", "DEL", "bare CR", "over 8190 bytes", "space in the name", "NUL"])
+def test_no_key_appears_when_the_http_parser_refuses_its_header(server, line):
+    before = len(server.log())
+    status, headers, body = raw_exchange(
+        server, b"GET /events/metrics HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
+    assert status == 400 and headers["content-type"].startswith("application/json"), body
+    assert json.loads(body)["error"].startswith("malformed HTTP request: ")
+    # The distinctive part of the key: not one 8-character piece of it may show.
+    pieces = {ADMIN[i:i + 8] for i in range(len("admin-"), len(ADMIN) - 7)}
+    deadline = time.monotonic() + 5
+    while "refused an unreadable HTTP request" not in server.log()[before:]:
+        assert time.monotonic() < deadline, server.log()[before:]
+        time.sleep(0.05)
+    logged = server.log()[before:]
+    assert "Traceback" not in logged and "ERROR" not in logged, logged
+    for piece in pieces:
+        assert piece not in logged and piece.encode() not in body
+    assert exchange(server.url, "GET", "/events/metrics", key=ADMIN).status == 200
 
 
 # ---- configuration ---------------------------------------------------------------------------
