@@ -40,8 +40,9 @@ class Received:
 class Receiver:
     """Records every POST; answers with the next of `script` statuses, then `default`."""
 
-    def __init__(self, default: int = 200):
+    def __init__(self, default: int = 200, delay_s: float = 0.0):
         self.default = default
+        self.delay_s = delay_s
         self.script: list[int] = []
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -70,6 +71,8 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         with self._lock:
             status = self.script.pop(0) if self.script else self.default
             self.received.append(Received(request.path, dict(request.headers), body, status,

@@ -4,6 +4,9 @@ and the views the routes answer with."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+import msgspec
 
 from service.alerts.evaluator import Evaluator, Observe
 from service.alerts.rules import Rule
@@ -50,47 +53,102 @@ class Alerts:
     async def delete_rule(self, name: str) -> bool:
         return await self.store.delete_rule(name, now_us())
 
-    async def rules(self) -> list[dict]:
-        return [_rule_view(rule, created) for rule, created in await self.store.rules()]
+    async def rules(self) -> RuleList:
+        return RuleList([_rule_view(rule, created) for rule, created in await self.store.rules()])
 
-    async def rule(self, name: str) -> dict | None:
+    async def rule(self, name: str) -> RuleDetail | None:
         """One rule with the state of each group it has seen firing."""
         found = await self.store.rule(name)
         if found is None:
             return None
-        view = _rule_view(*found)
-        view["groups"] = [_state_view(s) for s in await self.store.states(name)]
-        return view
+        groups = [_state_view(s) for s in await self.store.states(name)]
+        return RuleDetail(**msgspec.structs.asdict(_rule_view(*found)), groups=groups)
 
-    async def firing(self) -> list[dict]:
+    async def firing(self) -> AlertList:
         """Every group now firing, with its rule's measure, threshold and window."""
         rules = {rule.name: rule for rule, _ in await self.store.rules()}
-        views = []
-        for state in await self.store.states(state="firing"):
-            rule = rules.get(state.rule)
-            if rule is not None:
-                views.append({"rule": rule.name, **_state_view(state), "measure": rule.measure,
-                              "op": rule.op, "threshold": rule.threshold, "window": rule.window})
-        return views
+        return AlertList([
+            AlertView(**msgspec.structs.asdict(_state_view(state)), rule=rule.name,
+                      measure=rule.measure, op=rule.op, threshold=rule.threshold,
+                      window=rule.window)
+            for state in await self.store.states(state="firing")
+            if (rule := rules.get(state.rule)) is not None])
 
-    async def deliveries(self, limit: int) -> list[dict]:
-        return [_delivery_view(d) for d in await self.store.deliveries(limit)]
-
-
-def _rule_view(rule: Rule, created_us: int) -> dict:
-    return {**rule.public(), "created_at": rfc3339(created_us)}
+    async def deliveries(self, limit: int) -> DeliveryList:
+        return DeliveryList([_delivery_view(d) for d in await self.store.deliveries(limit)])
 
 
-def _state_view(state: State) -> dict:
-    return {"group": state.group, "state": state.state, "since": rfc3339(state.since_us),
-            "value": state.value}
+class GroupState(msgspec.Struct):
+    group: dict[str, str | None]
+    state: Literal["firing", "resolved"]
+    since: str
+    value: float | None
 
 
-def _delivery_view(d: Delivery) -> dict:
-    return {
-        "id": d.id, "rule": d.rule, "group": d.group, "state": d.state, "status": d.status,
-        "attempts": d.attempts, "last_status": d.last_status, "last_error": d.last_error,
-        "created_at": rfc3339(d.created_us),
-        "next_attempt_at": rfc3339(d.next_us) if d.status == "pending" else None,
-        "done_at": rfc3339(d.done_us) if d.done_us is not None else None,
-    }
+class RuleView(msgspec.Struct, kw_only=True):
+    """A rule as the API shows it: the secret is never shown, only whether there is one."""
+
+    name: str
+    measure: str
+    op: str
+    threshold: float
+    window: str
+    group_by: str | None
+    where: dict[str, list[str]]
+    webhook_url: str
+    format: str
+    has_secret: bool
+    created_at: str
+
+
+class RuleDetail(RuleView, kw_only=True):
+    groups: list[GroupState]
+
+
+class AlertView(GroupState, kw_only=True):
+    rule: str
+    measure: str
+    op: str
+    threshold: float
+    window: str
+
+
+class DeliveryView(msgspec.Struct):
+    id: str
+    rule: str
+    group: dict[str, str | None]
+    state: Literal["firing", "resolved"]
+    status: Literal["pending", "delivered", "failed", "cancelled"]
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    created_at: str
+    next_attempt_at: str | None
+    done_at: str | None
+
+
+class RuleList(msgspec.Struct):
+    rules: list[RuleView]
+
+
+class AlertList(msgspec.Struct):
+    alerts: list[AlertView]
+
+
+class DeliveryList(msgspec.Struct):
+    deliveries: list[DeliveryView]
+
+
+def _rule_view(rule: Rule, created_us: int) -> RuleView:
+    return RuleView(**rule.public(), created_at=rfc3339(created_us))
+
+
+def _state_view(state: State) -> GroupState:
+    return GroupState(state.group, state.state, rfc3339(state.since_us), state.value)
+
+
+def _delivery_view(d: Delivery) -> DeliveryView:
+    return DeliveryView(
+        d.id, d.rule, d.group, d.state, d.status, d.attempts, d.last_status, d.last_error,
+        rfc3339(d.created_us), rfc3339(d.next_us) if d.status == "pending" else None,
+        rfc3339(d.done_us) if d.done_us is not None else None)

@@ -16,23 +16,15 @@ import msgspec
 from yarl import URL
 
 from events import codec
+from projections.query import DIMENSIONS, MAX_FILTER_VALUES, MEASURES
 
-MEASURES = (
-    "total_requests", "successful_requests", "failed_requests", "error_rate",
-    "total_prompt_tokens", "total_completion_tokens", "total_tokens", "cached_prompt_tokens",
-    "cache_write_prompt_tokens", "reasoning_tokens", "total_cost_usd", "requests_with_tools",
-    "average_duration_ms",
-    "duration_ms_p50", "duration_ms_p90", "duration_ms_p95", "duration_ms_p99",
-    "time_to_first_token_ms_p50", "time_to_first_token_ms_p90", "time_to_first_token_ms_p95",
-    "time_to_first_token_ms_p99", "output_tokens_per_second",
-)
 # Sums: a group with no request in the window has 0 of them; every other measure is undefined.
 ADDITIVE_MEASURES = frozenset({
     "total_requests", "successful_requests", "failed_requests", "total_prompt_tokens",
     "total_completion_tokens", "total_tokens", "cached_prompt_tokens",
-    "cache_write_prompt_tokens", "reasoning_tokens", "total_cost_usd", "requests_with_tools",
+    "cache_write_prompt_tokens", "reasoning_tokens", "requests_with_tools", "total_duration_ms",
+    "total_cost_usd", "prompt_cost_usd", "completion_cost_usd",
 })
-DIMENSIONS = ("model", "provider", "user_id", "session_id", "tag", "error_type", "finish_reason")
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": lambda value, threshold: value > threshold,
@@ -52,23 +44,28 @@ WINDOWS = (*ROLLING_WINDOWS_US, *CALENDAR_WINDOWS)
 FORMATS = ("json", "slack")
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-MAX_FILTER_VALUES = 100
 MAX_VALUE = 256
+
+
+def _one_of(choices) -> msgspec.Meta:
+    # A description, not a Literal: the 400 can then list the choices (see check_rule).
+    return msgspec.Meta(description="one of " + ", ".join(choices))
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One alert rule, as posted (the secret included; `public()` leaves it out)."""
 
     name: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
-    measure: str
-    op: str
+    measure: Annotated[str, _one_of(MEASURES)]
+    op: Annotated[str, _one_of(OPS)]
     threshold: float
-    window: str
-    webhook_url: Annotated[str, msgspec.Meta(max_length=2048)]
-    group_by: str | None = None
+    window: Annotated[str, _one_of(WINDOWS)]
+    webhook_url: Annotated[str, msgspec.Meta(max_length=2048,
+                                             description="an http:// or https:// URL")]
+    group_by: Annotated[str, _one_of(DIMENSIONS)] | None = None
     where: dict[str, list[Annotated[str, msgspec.Meta(max_length=MAX_VALUE)]]] = {}
     secret: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
-    format: str = "json"
+    format: Annotated[str, _one_of(FORMATS)] = "json"
 
     def public(self) -> dict:
         """The rule as the API shows it: everything but the secret, and whether there is one."""

@@ -1,0 +1,52 @@
+"""Each rule as a question to the query layer, and its answer as one value per group."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from projections.query import MAX_LIMIT, Question, ask
+from service.alerts.rules import Rule, absent_value, window_range
+from service.alerts.store import group_key
+
+log = logging.getLogger(__name__)
+
+# Groups one rule may watch (pages of MAX_LIMIT); past it the rest are not evaluated, loudly.
+MAX_GROUPS = 10_000
+
+
+def question(rule: Rule, newest_us: int, as_of_position: int | None = None) -> Question:
+    """The first page of the rule's question: its measure per group over its window."""
+    from_us, to_us = window_range(rule.window, newest_us)
+    return Question(
+        group_by=(rule.group_by,) if rule.group_by else (),
+        measures=(rule.measure,),
+        where={dimension: tuple(values) for dimension, values in rule.where.items()},
+        from_us=from_us, to_us=to_us, as_of_position=as_of_position,
+        # Sorted by the group, so that pages do not shift as values change.
+        sort=rule.group_by, order="asc", limit=MAX_LIMIT)
+
+
+async def observe(facts, rule: Rule, newest_us: int) -> dict[str, tuple[dict, float | None]]:
+    """group key -> (group, value) for every group the window holds; the whole service is the
+    group `{}` (present even without requests, with the value of an empty window)."""
+    # Every page sees the same log, however much is appended meanwhile.
+    q = question(rule, newest_us, as_of_position=facts.position)
+    observed: dict[str, tuple[dict, float | None]] = {}
+    while True:
+        answer = await ask(facts, q)
+        for row in answer.rows:
+            group = {rule.group_by: row[rule.group_by]} if rule.group_by else {}
+            value = row.get(rule.measure)
+            observed[group_key(group)] = (group, None if value is None else float(value))
+        if answer.next is None:
+            break
+        if len(observed) >= MAX_GROUPS:
+            log.warning("alert rule %r: more than %d groups; only the first are evaluated",
+                        rule.name, MAX_GROUPS)
+            break
+        q = msgspec.structs.replace(q, cursor=answer.next)
+    if not rule.group_by and not observed:
+        observed[group_key({})] = ({}, absent_value(rule))
+    return observed
