@@ -197,3 +197,24 @@ def test_a_slow_receiver_does_not_slow_ingest(tmp_path):
         assert slowest < 1.0, f"a post took {slowest:.2f} s while webhooks were slow"
         status, log = server.request("GET", "/alerts/deliveries?limit=100")
         assert status == 200 and len(log["deliveries"]) == 21
+
+
+def test_on_a_shared_postgresql_log_the_replica_holding_the_rule_alerts(tmp_path):
+    """Alerts run on the replica they were created on, over what every replica appends."""
+    from tests.postgres import schema_for_processes
+
+    with Receiver() as hooks, schema_for_processes() as url:
+        a, b = (ServerProcess(tmp_path / f"{name}.db", LLM_METRICS_DB=url,
+                              LLM_METRICS_FACTS=str(tmp_path / f"{name}.facts.duckdb"),
+                              LLM_METRICS_ALERTS=str(tmp_path / f"{name}.alerts.db"))
+                for name in "ab")
+        with a, b:
+            assert a.request("POST", "/alerts/rules", rule(
+                "busy-user", hooks.url, group_by="user_id"))[0] == 201
+            assert b.request("GET", "/alerts/rules")[1] == {"rules": []}
+            sent = post(b, done("alice", T0, 1), done("alice", T0, 2))
+            (fired,) = hooks.wait_for(1, timeout=WITHIN_S)
+            assert fired.at - sent < WITHIN_S
+            assert states([fired]) == [("busy-user", "firing", {"user_id": "alice"}, 2.0)]
+            time.sleep(QUIET_S)
+            assert len(hooks.requests()) == 1
