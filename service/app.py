@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from typing import Callable
 
 from aiohttp import web
 
@@ -14,6 +15,8 @@ from projections.engine import Engine
 from projections.facts import Facts
 from projections.replay import ReplayReport, catch_up
 from service import keys
+from service.alerts.manager import Alerts
+from service.alerts.questions import observe
 from service.auth import KeyRing, auth_middleware
 from service.config import Config
 from service.errors import error_middleware
@@ -82,6 +85,14 @@ async def freeze_heap(app: web.Application) -> None:
     gc.freeze()
 
 
+def _each(*hooks: Callable[[int], None]) -> Callable[[int], None]:
+    """One after-commit hook that calls every one of `hooks` (the stream, the alerts)."""
+    def notify(position: int) -> None:
+        for hook in hooks:
+            hook(position)
+    return notify
+
+
 def create_app(config: Config, store: EventStore | None = None) -> web.Application:
     """The aiohttp application. Pass `store` to use one you opened (it is then not closed)."""
     app = web.Application(
@@ -114,17 +125,30 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
         yield
         app[keys.MODELS].engine.close()
 
+    async def alerts_ctx(app: web.Application):
+        try:
+            app[keys.ALERTS] = await Alerts.open(config.alerts_path, app[keys.MODELS], observe)
+        except BaseException:
+            app[keys.MODELS].engine.close()
+            if store is None:
+                await app[keys.STORE].close()
+            raise
+        await app[keys.ALERTS].start()
+        yield
+        await app[keys.ALERTS].close()
+
     async def writer_ctx(app: web.Application):
         stream = MetricsStream(app[keys.STORE], app[keys.MODELS], stream_render(app))
         app[keys.STREAM] = stream
+        notify = _each(stream.notify, app[keys.ALERTS].notify)
         tailer = None
         if app[keys.STORE].shared:
             # Other replicas append to the same log: follow it, own commits included.
             tailer = Tailer(app[keys.STORE], app[keys.MODELS], config.tail_poll,
-                            on_apply=stream.notify)
+                            on_apply=notify)
             await tailer.start()
         writer = Writer(app[keys.STORE], app[keys.MODELS], config.max_pending,
-                        on_commit=stream.notify, follower=tailer)
+                        on_commit=notify, follower=tailer)
         app[keys.WRITER] = writer
         writer.start()
         stream.start()
@@ -140,6 +164,6 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
         if keys.STREAM in app:
             await app[keys.STREAM].close()
 
-    app.cleanup_ctx.extend([store_ctx, models_ctx, writer_ctx])
+    app.cleanup_ctx.extend([store_ctx, models_ctx, alerts_ctx, writer_ctx])
     app.on_shutdown.append(end_streams)
     return app

@@ -26,6 +26,7 @@ class Config:
     secret: str = field(default=DEFAULT_SECRET, repr=False)
     facts: str = ""
     facts_memory: str = "128MB"
+    alerts: str = ""
     max_body: int = 10 * 1024**2
     max_pending: int = 200_000
     access_log: bool = False
@@ -53,6 +54,15 @@ class Config:
             # Each replica keeps its own facts; the port tells replicas on one host apart.
             return f"data/replica-{self.port}.facts.duckdb"
         return f"{self.db}.facts.duckdb"
+
+    @property
+    def alerts_path(self) -> str:
+        if self.alerts:
+            return self.alerts
+        if self.uses_postgres:
+            # Alerts run on the replica they were created on (README, "Alerts").
+            return f"data/replica-{self.port}.alerts.db"
+        return f"{self.db}.alerts.db"
 
     @property
     def uses_postgres(self) -> bool:
@@ -135,6 +145,9 @@ SETTINGS = [
     Setting("facts_memory", "LLM_METRICS_FACTS_MEMORY", str,
             "most memory the facts engine (DuckDB) may use for its cache and queries, e.g. "
             "`128MB`, `1GB`; past it, it reads from and spills to disk"),
+    Setting("alerts", "LLM_METRICS_ALERTS", str,
+            "SQLite file of the alert rules, their states and the webhook outbox (default: the "
+            "DB path + `.alerts.db`)"),
     Setting("max_body", "LLM_METRICS_MAX_BODY", _size,
             "largest accepted request body, in bytes (`10MiB` style suffixes work)"),
     Setting("max_pending", "LLM_METRICS_MAX_PENDING", int,

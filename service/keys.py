@@ -6,6 +6,7 @@ from aiohttp import web
 
 from events.store import EventStore
 from projections.facts import Facts
+from service.alerts.manager import Alerts
 from service.config import Config
 from service.price_book import PriceBook
 from service.stream import MetricsStream
@@ -21,3 +22,5 @@ OTLP_SPANS = web.AppKey("otlp_spans", dict[str, int])
 STREAM = web.AppKey("stream", MetricsStream)
 # The saved price table (PUT /prices) and the configured one; changes one at a time.
 PRICE_BOOK = web.AppKey("price_book", PriceBook)
+# Alert rules, their states and the webhook outbox (service/alerts/).
+ALERTS = web.AppKey("alerts", Alerts)

@@ -26,6 +26,8 @@ from events.schema import WireEvent
 from projections.prices import PriceSaved, PricesDocument
 from projections import query, views
 from service import handlers, keys, otlp, stream
+from service.alerts import manager as alerts
+from service.alerts.rules import Rule
 from service.auth import HEADER, is_public
 from service.errors import ErrorBody
 
@@ -82,7 +84,7 @@ ERRORS = {
     403: "the key's role does not allow this route",
     404: "not found",
     408: "the request body took too long to arrive",
-    409: "conflict with events already stored",
+    409: "conflict with events already stored, or an alert rule name already taken",
     413: "body larger than the limit, or too many events",
     415: "unsupported content type",
     429: "rate limit exceeded (see Retry-After)",
@@ -231,6 +233,24 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {200: {JSON: PriceSaved}}, errors=(409,),
         description="Admin key only. 409 (the saved table stays) when the configured file "
                     "cannot be used."),
+    ("POST", "/alerts/rules"): Operation(
+        "Create an alert rule (admin key)", {201: {JSON: alerts.RuleDetail}},
+        request={JSON: Rule}, errors=(409,),
+        description="A webhook is posted when a group starts to satisfy the rule and when it "
+                    "stops. The secret is the HMAC key of `x-llm-metrics-signature`; it is "
+                    "never shown again. 400 names the invalid field in `details[0].path`."),
+    ("GET", "/alerts/rules"): Operation("Every alert rule", {200: {JSON: alerts.RuleList}}),
+    ("GET", "/alerts/rules/{name}"): Operation(
+        "One alert rule with the state of each group it has seen firing",
+        {200: {JSON: alerts.RuleDetail}}, errors=(404,)),
+    ("DELETE", "/alerts/rules/{name}"): Operation(
+        "Delete an alert rule, its states and its pending deliveries (admin key)",
+        {204: {}}, errors=(404,)),
+    ("GET", "/alerts"): Operation(
+        "Every group now firing, with its value and since when", {200: {JSON: alerts.AlertList}}),
+    ("GET", "/alerts/deliveries"): Operation(
+        "The webhook delivery log, newest first", {200: {JSON: alerts.DeliveryList}},
+        query=(Param("limit", Limit, "deliveries returned (default 100)"),)),
     ("GET", "/openapi.json"): Operation(
         "This document (OpenAPI 3.1)", {200: {JSON: Raw({"type": "object"})}}),
     ("GET", "/docs"): Operation(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service import dashboard, handlers, reads
+from service import alert_handlers as alerts, dashboard, handlers, reads
 from service import openapi, otlp, price_api, prometheus
 
 
@@ -34,5 +34,11 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/prices", price_api.get_prices)
     app.router.add_put("/prices", price_api.put_prices)
     app.router.add_delete("/prices", price_api.delete_prices)
+    app.router.add_post("/alerts/rules", alerts.post_rule)
+    app.router.add_get("/alerts/rules", alerts.get_rules)
+    app.router.add_get("/alerts/rules/{name}", alerts.get_rule)
+    app.router.add_delete("/alerts/rules/{name}", alerts.delete_rule)
+    app.router.add_get("/alerts", alerts.get_alerts)
+    app.router.add_get("/alerts/deliveries", alerts.get_deliveries)
     app.router.add_get("/openapi.json", openapi.get_openapi)
     app.router.add_get("/docs", openapi.get_docs)
