@@ -48,21 +48,19 @@ class Config:
 
     @property
     def facts_path(self) -> str:
-        if self.facts:
-            return self.facts
-        if self.uses_postgres:
-            # Each replica keeps its own facts; the port tells replicas on one host apart.
-            return f"data/replica-{self.port}.facts.duckdb"
-        return f"{self.db}.facts.duckdb"
+        return self.facts or self._beside_log(".facts.duckdb")
 
     @property
     def alerts_path(self) -> str:
-        if self.alerts:
-            return self.alerts
+        # Alerts run on the replica they were created on (README, "Alerts").
+        return self.alerts or self._beside_log(".alerts.db")
+
+    def _beside_log(self, suffix: str) -> str:
+        """A file of this process's own next to the log; with PostgreSQL, each replica keeps
+        its own, told apart on one host by the port."""
         if self.uses_postgres:
-            # Alerts run on the replica they were created on (README, "Alerts").
-            return f"data/replica-{self.port}.alerts.db"
-        return f"{self.db}.alerts.db"
+            return f"data/replica-{self.port}{suffix}"
+        return f"{self.db}{suffix}"
 
     @property
     def uses_postgres(self) -> bool:
