@@ -51,6 +51,10 @@ class Engine:
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
                 "preserve_insertion_order": False,
+                # Facts are derived from the log: a commit need not wait for the disk. A killed
+                # process loses nothing (the OS has the writes); after an OS crash a damaged
+                # file is rebuilt from the log (`Engine.open` callers, see service.app).
+                "fsync_mode": "NONE",
             })
         except duckdb.Error as exc:
             raise EngineError(f"cannot open the facts file {path}: {exc}") from exc

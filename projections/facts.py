@@ -11,10 +11,10 @@ query over these rows (`projections.query`). How two events make one row, whatev
   started event; tags are the union of both events' tags;
 - everything the terminal event measures (status, tokens, durations, error) comes from it.
 
-Apply is one engine transaction per batch of log rows: the new events, the pending rows and
-the start-less requests they complete, merged by (session, request) with a GROUP BY, then
-written back, with the log position they reflect (`tracking`). A crash anywhere leaves the
-facts at some committed position; startup applies the log after it.
+Apply is one engine transaction per batch of log rows: the batch's events are paired by
+(session, request), the stored halves they complete are read in one query, and the merged rows
+written back in bulk (Arrow), with the log position they reflect (`tracking`). A crash anywhere
+leaves the facts at some committed position; startup applies the log after it.
 
 `unstarted` lists the requests whose terminal event came first, so that a late started event
 finds its row without scanning `requests`.
@@ -80,19 +80,15 @@ CREATE TABLE IF NOT EXISTS model_prices (
 """
 TABLES = ("requests", "pending", "unstarted", "tracking", "model_prices")
 
-# One event of a batch, in the layout the merge reads (terminal fields null on started events).
-_EVENT_SCHEMA = pa.schema([
-    ("kind", pa.uint8()), ("pos", pa.int64()),
-    ("session_id", pa.string()), ("request_id", pa.string()), ("model", pa.string()),
-    ("ts", pa.int64()), ("user_id", pa.string()), ("tags", pa.list_(pa.string())),
-    ("provider", pa.string()), ("error_type", pa.string()), ("error_message", pa.string()),
-    ("duration_us", pa.int64()), ("ttft_us", pa.int64()), ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()), ("total_tokens", pa.int64()),
-    ("cached_tokens", pa.int64()), ("cache_write_tokens", pa.int64()),
-    ("reasoning_tokens", pa.int64()), ("tool_calls", pa.int64()), ("has_tools", pa.bool_()),
-    ("finish_reason", pa.string()), ("cost_usd", pa.float64()),
-])
-_NO_TERMINAL = (None,) * 15
+_ARROW_TYPES = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "UTINYINT": pa.uint8(),
+                "BOOLEAN": pa.bool_(), "DOUBLE": pa.float64(), "VARCHAR[]": pa.list_(pa.string())}
+FACT_SCHEMA = pa.schema([(line.split()[0], _ARROW_TYPES[line.split()[1].rstrip(",")])
+                         for line in _FACT_COLUMNS.strip().splitlines()])
+(_SESSION, _REQUEST, _MODEL, _PROVIDER, _USER, _TAGS, _START_US, _START_POS, _END_US, _END_POS,
+ _STATUS) = range(11)
+_MEASURED = slice(11, len(FACT_FIELDS))  # what only the terminal event says
+_NO_MEASURES = (None,) * (len(FACT_FIELDS) - 11)
+_KEY_SCHEMA = pa.schema([("session_id", pa.string()), ("request_id", pa.string())])
 
 
 def _us(ms: float | None) -> int | None:
@@ -100,89 +96,53 @@ def _us(ms: float | None) -> int | None:
     return None if ms is None else int(ms * 1000 + 0.5)
 
 
-def events_table(rows: Sequence[tuple[int, Record]]) -> pa.Table:
-    """The batch's events as one Arrow table in the merge's layout."""
-    out = []
-    append = out.append
-    for pos, r in rows:
-        kind = type(r)
-        head = (pos, r.session_id, r.request_id, r.model, r.timestamp_us, r.user_id,
-                list(r.tags), r.provider)
-        if kind is Started:
-            append((1,) + head + _NO_TERMINAL)
-        elif kind is Completed:
-            append((2,) + head + (
-                None, None, _us(r.duration_ms), _us(r.time_to_first_token_ms), r.prompt_tokens,
-                r.completion_tokens, r.total_tokens, r.cached_prompt_tokens,
-                r.cache_write_prompt_tokens, r.reasoning_tokens, r.tool_calls, r.has_tool_calls,
-                r.finish_reason, r.cost_usd))
-        elif kind is Failed:
-            append((3,) + head + (
-                r.error_type, r.error_message, _us(r.duration_ms), None, None, None, None, None,
-                None, None, None, None, None, None))
-    columns = list(zip(*out)) if out else [()] * len(_EVENT_SCHEMA)
-    return pa.Table.from_arrays(
-        [pa.array(col, type=field.type) for col, field in zip(columns, _EVENT_SCHEMA)],
-        schema=_EVENT_SCHEMA)
+def half_of(position: int, r: Record) -> tuple:
+    """The fact one event makes on its own (the other event's columns null)."""
+    kind = type(r)
+    tags = sorted(set(r.tags))
+    if kind is Started:
+        return (r.session_id, r.request_id, r.model, r.provider, r.user_id, tags,
+                r.timestamp_us, position, None, None, 0) + _NO_MEASURES
+    head = (r.session_id, r.request_id, r.model, r.provider, r.user_id, tags,
+            None, None, r.timestamp_us, position)
+    if kind is Completed:
+        return head + (1, None, None, _us(r.duration_ms), _us(r.time_to_first_token_ms),
+                       r.prompt_tokens, r.completion_tokens, r.total_tokens,
+                       r.cached_prompt_tokens, r.cache_write_prompt_tokens, r.reasoning_tokens,
+                       r.tool_calls, r.has_tool_calls, r.finish_reason, r.cost_usd)
+    if kind is Failed:
+        return head + (2, r.error_type, r.error_message, _us(r.duration_ms)) + (None,) * 11
+    raise TypeError(f"not a log record: {kind.__name__}")
 
 
-# The merge: the batch's events, plus the halves already stored that they complete, grouped into
-# one row per request. `kind` 1 is a started half, 2 and 3 a terminal one (completed, failed).
-_TERMINAL_AS_HALF = """
-    SELECT status + 1 AS kind, end_pos AS pos, session_id, request_id, model, end_us AS ts,
-           user_id, tags, provider, error_type, error_message, duration_us, ttft_us,
-           prompt_tokens, completion_tokens, total_tokens, cached_tokens, cache_write_tokens,
-           reasoning_tokens, tool_calls, has_tools, finish_reason, cost_usd
-"""
-_MERGE = f"""
-CREATE OR REPLACE TEMP TABLE batch_keys AS
-    SELECT DISTINCT session_id, request_id FROM batch_events;
-CREATE OR REPLACE TEMP TABLE matched_unstarted AS
-    SELECT u.* FROM unstarted u SEMI JOIN batch_keys USING (session_id, request_id);
-CREATE OR REPLACE TEMP TABLE halves AS
-    SELECT * FROM batch_events
-    UNION ALL
-    SELECT 1 AS kind, start_pos AS pos, session_id, request_id, model, start_us AS ts, user_id,
-           tags, provider, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           NULL, NULL, NULL
-    FROM pending SEMI JOIN batch_keys USING (session_id, request_id)
-    UNION ALL
-    {_TERMINAL_AS_HALF}
-    FROM requests WHERE end_pos IN (SELECT end_pos FROM matched_unstarted);
-CREATE OR REPLACE TEMP TABLE merged AS
-SELECT session_id, request_id,
-    coalesce(any_value(model) FILTER (kind > 1), any_value(model)) AS model,
-    coalesce(any_value(provider) FILTER (kind > 1), any_value(provider)) AS provider,
-    coalesce(any_value(user_id) FILTER (kind > 1), any_value(user_id)) AS user_id,
-    list_sort(list_distinct(flatten(list(tags)))) AS tags,
-    any_value(ts) FILTER (kind = 1) AS start_us,
-    any_value(pos) FILTER (kind = 1) AS start_pos,
-    any_value(ts) FILTER (kind > 1) AS end_us,
-    any_value(pos) FILTER (kind > 1) AS end_pos,
-    coalesce(any_value(kind) FILTER (kind > 1) - 1, 0)::UTINYINT AS status,
-    any_value(error_type) FILTER (kind > 1) AS error_type,
-    any_value(error_message) FILTER (kind > 1) AS error_message,
-    any_value(duration_us) FILTER (kind > 1) AS duration_us,
-    any_value(ttft_us) FILTER (kind > 1) AS ttft_us,
-    any_value(prompt_tokens) FILTER (kind > 1) AS prompt_tokens,
-    any_value(completion_tokens) FILTER (kind > 1) AS completion_tokens,
-    any_value(total_tokens) FILTER (kind > 1) AS total_tokens,
-    any_value(cached_tokens) FILTER (kind > 1) AS cached_tokens,
-    any_value(cache_write_tokens) FILTER (kind > 1) AS cache_write_tokens,
-    any_value(reasoning_tokens) FILTER (kind > 1) AS reasoning_tokens,
-    any_value(tool_calls) FILTER (kind > 1) AS tool_calls,
-    any_value(has_tools) FILTER (kind > 1) AS has_tools,
-    any_value(finish_reason) FILTER (kind > 1) AS finish_reason,
-    any_value(cost_usd) FILTER (kind > 1) AS cost_usd
-FROM halves GROUP BY session_id, request_id;
-DELETE FROM pending USING batch_keys k
-    WHERE pending.session_id = k.session_id AND pending.request_id = k.request_id;
-DELETE FROM requests WHERE end_pos IN (SELECT end_pos FROM matched_unstarted);
-DELETE FROM unstarted WHERE end_pos IN (SELECT end_pos FROM matched_unstarted);
-INSERT INTO requests SELECT * FROM merged WHERE status > 0;
-INSERT INTO pending SELECT * FROM merged WHERE status = 0;
-INSERT INTO unstarted SELECT session_id, request_id, end_pos FROM merged
-    WHERE status > 0 AND start_pos IS NULL;
+def merge(started: tuple, terminal: tuple) -> tuple:
+    """One request's fact from its started half and its terminal half (see the module doc)."""
+    return (
+        started[_SESSION], started[_REQUEST],
+        terminal[_MODEL],
+        terminal[_PROVIDER] if terminal[_PROVIDER] is not None else started[_PROVIDER],
+        terminal[_USER] if terminal[_USER] is not None else started[_USER],
+        sorted(set(started[_TAGS]) | set(terminal[_TAGS])),
+        started[_START_US], started[_START_POS], terminal[_END_US], terminal[_END_POS],
+        terminal[_STATUS],
+    ) + tuple(terminal[_MEASURED])
+
+
+def _table(facts: Iterable[tuple], schema: pa.Schema = FACT_SCHEMA) -> pa.Table:
+    columns = list(zip(*facts))
+    if not columns:
+        return schema.empty_table()
+    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, schema)],
+                                schema=schema)
+
+
+# The stored halves a batch completes: pending starts of its terminal events, and the
+# start-less requests of its started events.
+_STORED_HALVES = f"""
+SELECT p.* FROM pending p SEMI JOIN batch_keys k USING (session_id, request_id)
+UNION ALL
+SELECT r.* FROM requests r WHERE r.end_pos IN (
+    SELECT u.end_pos FROM unstarted u SEMI JOIN batch_keys k USING (session_id, request_id))
 """
 
 
@@ -278,17 +238,60 @@ class Facts:
         rows = [row for row in rows if row[0] > self.position]
         if not rows:
             return
-        table = events_table(rows)
+        halves: dict[tuple[str, str], tuple] = {}
+        done: dict[tuple[str, str], tuple] = {}
+        for position, record in rows:
+            half = half_of(position, record)
+            key = (half[_SESSION], half[_REQUEST])
+            other = halves.pop(key, None)
+            if other is None:
+                halves[key] = half
+            else:  # both events in this batch
+                done[key] = merge(other, half) if other[_STATUS] == 0 else merge(half, other)
         newest = max(self.newest_event_us, max(r.timestamp_us for _, r in rows))
         last_position, last_key = rows[-1][0], _event_key(rows[-1][1])
         new_models = {r.model for _, r in rows} - self._models
 
         def apply(cur):
-            cur.register("batch_events", table)
-            try:
-                cur.execute(_MERGE)
-            finally:
-                cur.unregister("batch_events")
+            stored = []
+            if halves:
+                cur.register("batch_keys", _table(halves, _KEY_SCHEMA))
+                try:
+                    stored = cur.execute(_STORED_HALVES).fetchall()
+                finally:
+                    cur.unregister("batch_keys")
+            gone_pending, gone_requests = [], []
+            for row in stored:
+                key = (row[_SESSION], row[_REQUEST])
+                half = halves.pop(key)
+                if row[_STATUS] == 0:
+                    gone_pending.append(row[_START_POS])
+                    done[key] = merge(tuple(row), half)
+                else:
+                    gone_requests.append(row[_END_POS])
+                    done[key] = merge(half, tuple(row))
+            if gone_pending:
+                cur.execute("DELETE FROM pending WHERE start_pos IN (SELECT unnest($1))",
+                            [gone_pending])
+            if gone_requests:
+                cur.execute("DELETE FROM requests WHERE end_pos IN (SELECT unnest($1))",
+                            [gone_requests])
+                cur.execute("DELETE FROM unstarted WHERE end_pos IN (SELECT unnest($1))",
+                            [gone_requests])
+            finished = list(done.values())
+            finished += [h for h in halves.values() if h[_STATUS] > 0]
+            started = [h for h in halves.values() if h[_STATUS] == 0]
+            for table, facts in (("requests", finished), ("pending", started)):
+                if facts:
+                    cur.register("new_facts", _table(facts))
+                    try:
+                        cur.execute(f"INSERT INTO {table} SELECT * FROM new_facts")
+                    finally:
+                        cur.unregister("new_facts")
+            unstarted = [(f[_SESSION], f[_REQUEST], f[_END_POS]) for f in finished
+                         if f[_START_POS] is None]
+            if unstarted:
+                cur.executemany("INSERT INTO unstarted VALUES (?, ?, ?)", unstarted)
             if new_models:
                 self._insert_prices(cur, new_models)
             cur.execute("UPDATE tracking SET position = ?, event_key = ?, newest_event_us = ?",

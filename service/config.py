@@ -55,6 +55,11 @@ class Config:
         # Alerts run on the replica they were created on (README, "Alerts").
         return self.alerts or self._beside_log(".alerts.db")
 
+    @property
+    def saved_prices_path(self) -> str:
+        """Where `PUT /prices` keeps the table it set (README, "Cost")."""
+        return self._beside_log(".prices.json")
+
     def _beside_log(self, suffix: str) -> str:
         """A file of this process's own next to the log; with PostgreSQL, each replica keeps
         its own, told apart on one host by the port."""
