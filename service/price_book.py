@@ -27,12 +27,6 @@ class PricedReadSide(Protocol):
     async def set_prices(self, prices: PriceTable) -> None: ...
 
 
-def saved_path(config: Config) -> Path:
-    if config.uses_postgres:
-        return Path(f"data/replica-{config.port}.prices.json")
-    return Path(f"{config.db}.prices.json")
-
-
 class PriceBook:
     """The configured and the saved price table; one change at a time."""
 
@@ -43,7 +37,7 @@ class PriceBook:
 
     @classmethod
     def for_config(cls, config: Config) -> "PriceBook":
-        return cls(saved_path(config), config.prices)
+        return cls(Path(config.saved_prices_path), config.prices)
 
     def load(self) -> PriceTable:
         """The table in force at startup: the saved one, else the configured one."""

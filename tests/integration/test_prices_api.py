@@ -11,7 +11,6 @@ import pytest
 
 from projections.prices import PriceTable, default_prices
 from service.app import create_app
-from service.price_book import saved_path
 from tests import factories as f
 from tests.conftest import AUTH
 
@@ -70,7 +69,7 @@ async def test_put_saves_atomically_and_reprices_all_of_history(app_client, pric
     served = await (await app_client.get("/prices", headers=READ)).json()
     assert served["digest"] == expected.digest and list(served["models"]) == ["gpt-4"]
 
-    saved = saved_path(priced_config)
+    saved = Path(priced_config.saved_prices_path)
     assert saved == Path(priced_config.db + ".prices.json")
     assert PriceTable.from_json(saved.read_bytes()).digest == expected.digest
     assert not saved.with_name(saved.name + ".tmp").exists()
@@ -83,7 +82,7 @@ async def test_put_saves_atomically_and_reprices_all_of_history(app_client, pric
 async def test_a_bad_table_is_a_400_naming_the_field_and_changes_nothing(app_client,
                                                                          priced_config):
     assert (await app_client.put("/prices", json=CHEAP, headers=AUTH)).status == 200
-    saved = saved_path(priced_config).read_bytes()
+    saved = Path(priced_config.saved_prices_path).read_bytes()
     bad = {"models": {"x": {"prices": [{"input": 1, "output": 1,
                                         "above": {"prompt_tokens": 10, "input": -1,
                                                   "output": 2}}]}}}
@@ -99,7 +98,7 @@ async def test_a_bad_table_is_a_400_naming_the_field_and_changes_nothing(app_cli
         r = await app_client.put("/prices", data=raw, headers={**AUTH,
                                                                "content-type": content_type})
         assert r.status == status and "error" in await r.json()
-    assert saved_path(priced_config).read_bytes() == saved
+    assert Path(priced_config.saved_prices_path).read_bytes() == saved
     served = await (await app_client.get("/prices", headers=AUTH)).json()
     assert list(served["models"]) == ["gpt-4"] and \
         served["models"]["gpt-4"]["prices"][0]["input"] == 3.0
@@ -111,7 +110,7 @@ async def test_delete_goes_back_to_the_configured_table(app_client, priced_confi
     r = await app_client.delete("/prices", headers=AUTH)
     assert r.status == 200
     assert await r.json() == {"digest": configured.digest, "models": 1}
-    assert not saved_path(priced_config).exists()
+    assert not Path(priced_config.saved_prices_path).exists()
     served = await (await app_client.get("/prices", headers=AUTH)).json()
     assert served["digest"] == configured.digest
     assert (await app_client.delete("/prices", headers=AUTH)).status == 200  # idempotent
@@ -125,6 +124,6 @@ async def test_delete_keeps_the_saved_table_when_the_configured_file_is_broken(
     body = await r.json()
     assert r.status == 409
     assert body["details"][0]["path"] == '$.models["gpt-4"].input'
-    assert saved_path(priced_config).exists()
+    assert Path(priced_config.saved_prices_path).exists()
     served = await (await app_client.get("/prices", headers=AUTH)).json()
     assert served["models"]["gpt-4"]["prices"][0]["input"] == 3.0

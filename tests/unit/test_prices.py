@@ -285,3 +285,19 @@ def test_cost_equals_a_direct_reading_of_the_table(entry, day, prompt, completio
     got = prices.cost("m", at_us, prompt, completion, cached, write)
     assert Fraction(got.total, PICO) == oracle(entry, at_us, prompt, completion, cached, write)
     assert PriceTable.from_json(prices.to_json()).digest == prices.digest
+
+
+@pytest.mark.parametrize("model,when,tokens,usd", [
+    ("gpt-4", "2026-11-27T10:00:00+00:00", (900, 600, 0, 0), 0.063),
+    ("gpt-4o-2024-11-20", "2025-01-01T00:00:00+00:00", (2000, 100, 1024, 0), 0.00472),
+    ("claude-sonnet-4-5-20250929", "2025-10-01T00:00:00+00:00", (10_000, 500, 6000, 3000),
+     0.02355),
+    ("claude-sonnet-4-5", "2025-10-01T00:00:00+00:00", (250_000, 2000, 0, 0), 1.545),
+    ("claude-sonnet-4-5", "2025-10-01T00:00:00+00:00", (200_000, 2000, 0, 0), 0.63),
+    ("o3", "2025-06-09T23:59:59+00:00", (1000, 1000, 0, 0), 0.05),
+    ("o3", "2025-06-10T00:00:00+00:00", (1000, 1000, 0, 0), 0.01),
+])
+def test_the_readme_worked_examples_hold_for_the_shipped_table(model, when, tokens, usd):
+    prompt, completion, cached, write = tokens
+    cost = default_prices().cost(model, us(when), prompt, completion, cached, write)
+    assert cost.total / PICO == pytest.approx(usd)
