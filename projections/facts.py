@@ -32,7 +32,7 @@ from projections.engine import Engine
 from projections.prices import PriceTable
 
 # Bump when the schema or the apply rules change: facts of another version are rebuilt.
-VERSION = 1
+VERSION = 2
 
 _FACT_COLUMNS = """
     session_id VARCHAR NOT NULL,
@@ -59,7 +59,8 @@ _FACT_COLUMNS = """
     tool_calls BIGINT,
     has_tools BOOLEAN,
     finish_reason VARCHAR,
-    cost_usd DOUBLE
+    cost_usd DOUBLE,
+    users VARCHAR[] NOT NULL           -- every user_id its events carry (erasure finds them)
 """
 FACT_FIELDS = tuple(line.split()[0] for line in _FACT_COLUMNS.strip().splitlines())
 
@@ -86,8 +87,9 @@ FACT_SCHEMA = pa.schema([(line.split()[0], _ARROW_TYPES[line.split()[1].rstrip("
                          for line in _FACT_COLUMNS.strip().splitlines()])
 (_SESSION, _REQUEST, _MODEL, _PROVIDER, _USER, _TAGS, _START_US, _START_POS, _END_US, _END_POS,
  _STATUS) = range(11)
-_MEASURED = slice(11, len(FACT_FIELDS))  # what only the terminal event says
-_NO_MEASURES = (None,) * (len(FACT_FIELDS) - 11)
+_USERS = len(FACT_FIELDS) - 1
+_MEASURED = slice(11, _USERS)  # what only the terminal event says
+_NO_MEASURES = (None,) * (_USERS - 11)
 _KEY_SCHEMA = pa.schema([("session_id", pa.string()), ("request_id", pa.string())])
 
 
@@ -100,18 +102,20 @@ def half_of(position: int, r: Record) -> tuple:
     """The fact one event makes on its own (the other event's columns null)."""
     kind = type(r)
     tags = sorted(set(r.tags))
+    users = [] if r.user_id is None else [r.user_id]
     if kind is Started:
         return (r.session_id, r.request_id, r.model, r.provider, r.user_id, tags,
-                r.timestamp_us, position, None, None, 0) + _NO_MEASURES
+                r.timestamp_us, position, None, None, 0) + _NO_MEASURES + (users,)
     head = (r.session_id, r.request_id, r.model, r.provider, r.user_id, tags,
             None, None, r.timestamp_us, position)
     if kind is Completed:
         return head + (1, None, None, _us(r.duration_ms), _us(r.time_to_first_token_ms),
                        r.prompt_tokens, r.completion_tokens, r.total_tokens,
                        r.cached_prompt_tokens, r.cache_write_prompt_tokens, r.reasoning_tokens,
-                       r.tool_calls, r.has_tool_calls, r.finish_reason, r.cost_usd)
+                       r.tool_calls, r.has_tool_calls, r.finish_reason, r.cost_usd, users)
     if kind is Failed:
-        return head + (2, r.error_type, r.error_message, _us(r.duration_ms)) + (None,) * 11
+        return head + (2, r.error_type, r.error_message, _us(r.duration_ms)) + (None,) * 11 \
+            + (users,)
     raise TypeError(f"not a log record: {kind.__name__}")
 
 
@@ -125,7 +129,7 @@ def merge(started: tuple, terminal: tuple) -> tuple:
         sorted(set(started[_TAGS]) | set(terminal[_TAGS])),
         started[_START_US], started[_START_POS], terminal[_END_US], terminal[_END_POS],
         terminal[_STATUS],
-    ) + tuple(terminal[_MEASURED])
+    ) + tuple(terminal[_MEASURED]) + (sorted(set(started[_USERS]) | set(terminal[_USERS])),)
 
 
 def _table(facts: Iterable[tuple], schema: pa.Schema = FACT_SCHEMA) -> pa.Table:
