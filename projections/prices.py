@@ -128,15 +128,8 @@ class PriceError(ValueError):
         super().__init__(f"invalid {source}: {first.path}: {first.message}{more}")
 
 
-class Price(NamedTuple):
-    """Pico-dollars per token (what the in-memory folds use: the newest period's base tier)."""
-
-    input: int
-    output: int
-    cached_input: int
-
-
 def pico_per_token(usd_per_million: float) -> int:
+    """USD per million tokens as integer pico-dollars per token (exact to 1e-6 USD/M)."""
     return int((Decimal(str(usd_per_million)) * 10**6).to_integral_value())
 
 
@@ -216,15 +209,6 @@ class PriceTable:
                   * pico_per_token(rates[2]) + cache_write_prompt_tokens * pico_per_token(rates[3]))
         return Cost(prompt, completion_tokens * pico_per_token(rates[1]))
 
-    def lookup(self, model: str) -> Price | None:
-        """The newest base prices of `model` in pico-dollars per token, or None."""
-        periods = self.periods(model)
-        if not periods:
-            return None
-        p = periods[-1]
-        return Price(pico_per_token(p.input), pico_per_token(p.output),
-                     pico_per_token(p.cached_input))
-
     def document(self) -> PricesDocument:
         return PricesDocument(digest=self.digest, models=self._models)
 
@@ -259,33 +243,13 @@ def default_prices() -> PriceTable:
                                 "shipped price table")
 
 
-def caller_cost_split(record, price: Price | None) -> tuple[int, int]:
-    """A caller-given `cost_usd` in pico-dollars, split between prompt and completion in the
-    proportion the table would have charged, or by token counts when it does not know the
-    model."""
-    prompt, completion, cached = record.prompt_tokens, record.completion_tokens, \
-        record.cached_prompt_tokens
-    total = round(record.cost_usd * PICO)
-    if price is not None:
-        share = (prompt - cached) * price.input + cached * price.cached_input
-        whole = share + completion * price.output
-    else:
-        share = whole = 0
-    if not whole:
-        share, whole = prompt, prompt + completion
-    prompt_part = total * share // whole if whole else 0
-    return prompt_part, total - prompt_part
-
-
 # Validation: the decoded JSON is walked by hand so that every problem names its exact path.
 
 def _parse_file(raw: Any, problems: list[Problem]) -> dict[str, ModelPrices]:
     if not isinstance(raw, dict):
         problems.append(Problem("$", "must be an object with `models`"))
         return {}
-    for key in raw:
-        if key not in ("models", "digest") and not key.startswith("_"):
-            problems.append(Problem(f"$.{key}", "unknown field (expected `models`)"))
+    _unknown_keys(raw, ("models", "digest"), "$", problems, "unknown field (expected `models`)")
     models = raw.get("models")
     if not isinstance(models, dict):
         problems.append(Problem("$.models", "required: an object of model name -> prices"))
@@ -311,6 +275,12 @@ def _parse_file(raw: Any, problems: list[Problem]) -> dict[str, ModelPrices]:
     return parsed
 
 
+def _unknown_keys(raw: dict, allowed: tuple[str, ...], path: str, problems: list[Problem],
+                  message: str = "unknown field") -> None:
+    problems.extend(Problem(f"{path}.{key}", message) for key in raw
+                    if key not in allowed and not key.startswith("_"))
+
+
 def _parse_model(entry: Any, path: str, problems: list[Problem]) -> ModelPrices | None:
     if not isinstance(entry, dict):
         problems.append(Problem(path, "must be an object: {\"input\", \"output\"} or "
@@ -319,11 +289,8 @@ def _parse_model(entry: Any, path: str, problems: list[Problem]) -> ModelPrices 
     before = len(problems)
     patterns = _parse_patterns(entry.get("patterns", []), f"{path}.patterns", problems)
     if "prices" in entry:
-        for key in entry:
-            if key not in ("patterns", "prices") and not key.startswith("_"):
-                problems.append(Problem(f"{path}.{key}", "unknown field (with `prices`, "
-                                        "put prices in a period)" if key in _PRICE_FIELDS + (
-                                            "above", "from") else "unknown field"))
+        _unknown_keys(entry, ("patterns", "prices"), path, problems,
+                      "unknown field here (with `prices`, prices go in its periods)")
         periods = _parse_periods(entry["prices"], f"{path}.prices", problems)
     else:
         flat = {k: v for k, v in entry.items() if k != "patterns"}
@@ -374,9 +341,7 @@ def _parse_periods(raw: Any, path: str, problems: list[Problem]) -> list[Period]
 
 def _parse_period(raw: dict, path: str, problems: list[Problem], first: bool) -> Period | None:
     before = len(problems)
-    for key in raw:
-        if key not in _PRICE_FIELDS + ("from", "above") and not key.startswith("_"):
-            problems.append(Problem(f"{path}.{key}", "unknown field"))
+    _unknown_keys(raw, _PRICE_FIELDS + ("from", "above"), path, problems)
     prices = _parse_prices(raw, path, problems)
     from_text = None
     if "from" in raw:
@@ -397,9 +362,7 @@ def _parse_tier(raw: Any, path: str, problems: list[Problem]) -> Tier | None:
                                       "`output`"))
         return None
     before = len(problems)
-    for key in raw:
-        if key not in _PRICE_FIELDS + ("prompt_tokens",) and not key.startswith("_"):
-            problems.append(Problem(f"{path}.{key}", "unknown field"))
+    _unknown_keys(raw, _PRICE_FIELDS + ("prompt_tokens",), path, problems)
     threshold = raw.get("prompt_tokens")
     if "prompt_tokens" not in raw:
         problems.append(Problem(f"{path}.prompt_tokens", "required: the prompt size above which "

@@ -115,13 +115,7 @@ def test_exact_name_then_longest_pattern_then_unpriced():
     assert prices.name_of("gpt-4o-mini-2024-07-18") == "gpt-4o-mini"
     assert prices.name_of("gpt-4o-mini-special") == "gpt-4o-mini-special"
     assert prices.periods("llama-3") == [] and prices.cost("llama-3", 0, 10, 10) is None
-    assert prices.lookup("llama-3") is None
     assert prices.name_of("GPT-4O") is None  # patterns are case-sensitive, like model names
-
-
-def test_lookup_gives_the_newest_base_prices_in_pico_dollars_per_token():
-    price = table(DATED).lookup("m")
-    assert (price.input, price.output, price.cached_input) == (100 * M, 200 * M, 100 * M)
 
 
 def test_the_seed_gpt4_prices_are_shipped():
