@@ -1,14 +1,24 @@
 """The PostgreSQL event store (asyncpg): one log shared by several service replicas.
 
-How positions stay safe to tail: every append takes a transaction-level advisory lock before it
-reads `max(position)`, and holds it until its commit. Appends from every replica are therefore
-serialised: positions are assigned and *committed* in increasing order, without gaps, so a
-reader that has seen position n and later reads `position > n` can never skip a row that
-commits late (the hazard of sequence-assigned positions, where 11 may commit before 10).
+Appends from every replica run concurrently: no lock is taken. What keeps the log safe to tail
+is a commit-order horizon (see docs/scaling.md):
 
-The duplicate and conflict rules are `events.store.plan_append`, run inside the locked
-transaction; `UNIQUE(event_id)` and the primary key of `request_slots` back them up in the
-database. Each commit sends `NOTIFY` on the log's channel so other replicas wake up at once.
+- a row's position is `(xid << 20) + n`: the 64-bit id of the transaction that appended it
+  (`pg_current_xact_id()`, taken in the append's first statement) and its ordinal in that
+  transaction. Positions therefore increase with transaction id and have holes between
+  transactions;
+- readers only see rows below `pg_snapshot_xmin(pg_current_snapshot()) << 20`: every
+  transaction with a smaller id has ended, and a transaction that starts later gets a larger
+  id, so the rows below the horizon are final and no row can ever appear below a position a
+  reader has passed. A transaction that commits after a later one is read after it commits,
+  at its own (smaller) position, before the later one.
+
+The duplicate and conflict rules are `events.store.plan_append`, run on what the append's
+snapshot sees; `UNIQUE(event_id)` and the primary key of `request_slots` enforce them against
+concurrent appends: the second of two racing appends waits for the first, fails on the index,
+and is retried (its new plan then sees the first's rows as duplicates or conflicts). After each
+commit, a `NOTIFY` on the log's channel wakes the other replicas (sent after the commit, not in
+the append: PostgreSQL serialises the commits of transactions that queued a notification).
 
 The log lives in one schema: the first entry of the connection's `search_path` (set it with
 `?search_path=name` in the URL, or `schema=` in `open`); it is created when missing.
@@ -18,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import random
 import time
 from typing import Callable, Sequence
 
@@ -34,21 +46,36 @@ from events.store import (
     plan_append,
 )
 
+log = logging.getLogger(__name__)
+
+# A transaction's rows take positions (xid << POSITION_BITS) + 1, + 2, ...
+POSITION_BITS = 20
+MAX_TRANSACTION_EVENTS = (1 << POSITION_BITS) - 1
+# The first position no running or future transaction can still write below.
+HORIZON_SQL = f"(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {POSITION_BITS})"
+
 # SQLSTATE classes worth retrying: connection exception, insufficient resources, operator
 # intervention (shutdown, cancel), transaction rollback (serialisation failure, deadlock).
 _RETRYABLE_CLASSES = ("08", "53", "57", "40")
 _READ_ONLY = "25006"
+# Lost races with a concurrent append: run the append again, it will see the winner's rows.
+_RACES = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError,
+          asyncpg.SerializationError)
+_ATTEMPTS = 8
 _CLOSE_TIMEOUT_S = 5.0
 
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+# Everything asyncpg (or the socket under it) raises: server errors, a closed or broken
+# connection (InterfaceError, InternalClientError), the network, timeouts.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                  OSError, asyncio.TimeoutError)
 
 
 def _translate(exc: BaseException) -> StoreError:
     state = getattr(exc, "sqlstate", None) or ""
     if (not isinstance(exc, asyncpg.PostgresError) or state[:2] in _RETRYABLE_CLASSES
             or state == _READ_ONLY):
-        return StoreUnavailable(f"the event log cannot be written: {exc}")
-    return StoreError(f"event log error: {exc}")
+        return StoreUnavailable(f"the event log is unavailable: {type(exc).__name__}: {exc}")
+    return StoreError(f"event log error: {type(exc).__name__}: {exc}")
 
 
 def _key(schema: str, purpose: str) -> int:
@@ -61,8 +88,29 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+def _groups(batches: Sequence[Sequence[NewEvent]]) -> list[Sequence[Sequence[NewEvent]]]:
+    """Split batches into transactions of at most MAX_TRANSACTION_EVENTS events."""
+    groups: list[list[Sequence[NewEvent]]] = [[]]
+    size = 0
+    for batch in batches:
+        if len(batch) > MAX_TRANSACTION_EVENTS:
+            raise StoreError(f"a batch of {len(batch)} events is more than one PostgreSQL "
+                             f"append can hold ({MAX_TRANSACTION_EVENTS})")
+        if size + len(batch) > MAX_TRANSACTION_EVENTS:
+            groups.append([])
+            size = 0
+        groups[-1].append(batch)
+        size += len(batch)
+    return groups
+
+
 class PostgresStore:
     """A log in PostgreSQL. Open with `await PostgresStore.open(dsn)`, then `migrate()`."""
+
+    # Other processes append to this log: the service follows it (service/tailer.py).
+    shared = True
+    # No cap on the log's size (LLM_METRICS_DB_MAX_SIZE is SQLite's).
+    limits_size = False
 
     def __init__(self, pool: asyncpg.Pool, dsn: str, settings: dict[str, str] | None,
                  schema: str):
@@ -70,10 +118,10 @@ class PostgresStore:
         self._dsn = dsn
         self._settings = settings
         self.schema = schema
-        self._append_key = _key(schema, "append")
         self._migrate_key = _key(schema, "migrate")
         # Unquoted channel names are folded to lower case by LISTEN; keep it lower case.
-        self.channel = f"llm_metrics_{self._append_key & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+        channel_key = _key(schema, "append") & 0xFFFF_FFFF_FFFF_FFFF
+        self.channel = f"llm_metrics_{channel_key:016x}"
         self._listener: asyncpg.Connection | None = None
 
     @classmethod
@@ -126,61 +174,85 @@ class PostgresStore:
         return applied
 
     async def append(self, batches: Sequence[Sequence[NewEvent]]) -> list[Accepted | Rejected]:
+        results: list[Accepted | Rejected] = []
+        for group in _groups(batches):
+            results.extend(await self._append_group(group))
+        return results
+
+    async def _append_group(self, batches: Sequence[Sequence[NewEvent]]
+                            ) -> list[Accepted | Rejected]:
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self._pool.acquire() as conn:
+                    async with conn.transaction():
+                        results = await self.append_in(conn, batches)
+                    if any(isinstance(r, Accepted) and r.appended for r in results):
+                        await self._notify(conn)
+                return results
+            except _RACES:
+                # Another replica appended the same event id or filled the same slot first.
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            except _DRIVER_ERRORS as exc:
+                raise _translate(exc) from exc
+        raise StoreUnavailable(f"the append lost {_ATTEMPTS} races with concurrent appends "
+                               "of the same events; retry")
+
+    async def _notify(self, conn: asyncpg.Connection) -> None:
+        """Wake the tailers; the commit is done, so a failure here only delays them (poll)."""
         try:
-            async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    return await self.append_in(conn, batches)
+            await conn.execute("SELECT pg_notify($1, '')", self.channel)
         except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from exc
+            log.debug("NOTIFY after an append failed: %s", exc)
 
     async def append_in(self, conn: asyncpg.Connection,
                         batches: Sequence[Sequence[NewEvent]]) -> list[Accepted | Rejected]:
         """The body of `append`, inside a transaction the caller owns and commits.
 
-        `append` is the way to write; this exists so a test can hold an append open and try
-        to commit another one before it.
+        `append` is the way to write; this exists so a test can hold an append open (or delay
+        its commit) while others commit. It sends no NOTIFY.
         """
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", self._append_key)
-        # A new statement, so a new snapshot under READ COMMITTED: it sees every append that
-        # committed before this transaction got the lock. One round trip for everything the
-        # plan needs, because the lock is held (and other appends wait) until the commit.
-        last, ids, payloads, taken = await conn.fetchrow(
-            "SELECT (SELECT coalesce(max(position), 0) FROM events), e.ids, e.payloads,"
+        # The first statement takes the transaction id, which fixes the positions; what it
+        # reads is this statement's snapshot: every append that committed before it.
+        xid, ids, payloads, positions, taken = await conn.fetchrow(
+            "SELECT pg_current_xact_id()::text::bigint, e.ids, e.payloads, e.positions,"
             "       ARRAY(SELECT slot FROM request_slots WHERE slot = ANY($2::bytea[]))"
-            " FROM (SELECT array_agg(event_id) AS ids, array_agg(payload) AS payloads"
+            " FROM (SELECT array_agg(event_id) AS ids, array_agg(payload) AS payloads,"
+            "              array_agg(position) AS positions"
             "       FROM events WHERE event_id = ANY($1::bytea[])) AS e",
             list({e.event_id.encode() for batch in batches for e in batch}),
             list({e.slot for batch in batches for e in batch}),
         )
         stored = {event_id.decode(): payload
                   for event_id, payload in zip(ids or (), payloads or ())}
-        plan = plan_append(batches, stored, set(taken), last)
+        where = {event_id.decode(): p for event_id, p in zip(ids or (), positions or ())}
+        plan = plan_append(batches, stored, set(taken), xid << POSITION_BITS)
         if plan.rows:
-            # One round trip while the lock is held: rows, slots and the wake-up together.
+            # Rows and slots in index order, so two appends racing on the same keys wait for
+            # each other instead of deadlocking.
             await conn.execute(
                 "WITH new_events AS ("
                 "  INSERT INTO events (position, event_id, type, payload, recorded_at)"
                 "  SELECT p, e, t, b, $5 FROM unnest($1::bigint[], $2::bytea[], $3::smallint[],"
-                "                                   $4::bytea[]) AS u(p, e, t, b)"
-                "), new_slots AS ("
-                "  INSERT INTO request_slots (slot) SELECT unnest($6::bytea[])"
-                ") SELECT pg_notify($7, $8)",
+                "                                   $4::bytea[]) AS u(p, e, t, b) ORDER BY e"
+                ") INSERT INTO request_slots (slot) SELECT s FROM unnest($6::bytea[]) AS s"
+                "  ORDER BY s",
                 [p for p, _ in plan.rows],
                 [e.event_id.encode() for _, e in plan.rows],
                 [e.type_code for _, e in plan.rows],
                 [e.payload for _, e in plan.rows],
                 time.time_ns() // 1000,
                 plan.slots,
-                self.channel,
-                str(plan.rows[-1][0]),
             )
-        return plan.results
+        where.update((e.event_id, p) for p, e in plan.rows)
+        return [_newest_of(result, batch, where) for result, batch in zip(plan.results, batches)]
 
     async def read(self, after: int, limit: int) -> list[StoredRow]:
+        """Rows after `after` below the horizon: final, they can be read in one pass."""
         try:
             rows = await self._pool.fetch(
                 "SELECT position, event_id, payload, recorded_at FROM events "
-                "WHERE position > $1 ORDER BY position LIMIT $2", after, limit)
+                f"WHERE position > $1 AND position < {HORIZON_SQL} ORDER BY position LIMIT $2",
+                after, limit)
         except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
         return [(position, event_id.decode(), payload, recorded_at)
@@ -188,7 +260,19 @@ class PostgresStore:
 
     async def last_position(self) -> int:
         try:
-            return await self._pool.fetchval("SELECT coalesce(max(position), 0) FROM events")
+            return await self._pool.fetchval(
+                f"SELECT coalesce(max(position), 0) FROM events WHERE position < {HORIZON_SQL}")
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc) from exc
+
+    async def horizon(self) -> tuple[int, int]:
+        """(the first position that is not final yet, how many committed rows wait at or
+        above it, counted up to 10,000): rows that wait long mean a transaction open somewhere
+        on the server holds the horizon back."""
+        try:
+            return tuple(await self._pool.fetchrow(
+                "SELECT h, (SELECT count(*) FROM (SELECT 1 FROM events WHERE position >= h"
+                f"                            LIMIT 10000) AS w) FROM (SELECT {HORIZON_SQL} AS h) AS x"))
         except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
 
@@ -206,6 +290,9 @@ class PostgresStore:
         """
         if self.listening:
             return
+        if self._listener is not None:
+            self._listener.terminate()
+            self._listener = None
         try:
             conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
         except _DRIVER_ERRORS as exc:
@@ -224,8 +311,17 @@ class PostgresStore:
             listener.terminate()
         try:
             await asyncio.wait_for(self._pool.close(), _CLOSE_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, *_DRIVER_ERRORS):
             self._pool.terminate()
+
+
+def _newest_of(result: Accepted | Rejected, batch: Sequence[NewEvent],
+               where: dict[str, int]) -> Accepted | Rejected:
+    """`result` with `last_position` the newest position of its batch's events, duplicates
+    included: once a replica has applied that position, it has applied the whole batch."""
+    if isinstance(result, Rejected) or not batch:
+        return result
+    return result._replace(last_position=max(where[e.event_id] for e in batch))
 
 
 async def _ensure_schema(conn: asyncpg.Connection) -> str:

@@ -76,6 +76,11 @@ def _take_lock(path: str) -> int:
 class SQLiteStore:
     """The default backend: one SQLite file. Open with `await SQLiteStore.open(path)`."""
 
+    # Only this process appends: the writer applies its own rows (no tailer).
+    shared = False
+    # `limit_size` caps the file (LLM_METRICS_DB_MAX_SIZE).
+    limits_size = True
+
     def __init__(self, conn: aiosqlite.Connection, path: str, lock_fd: int | None = None):
         self._conn = conn
         self.path = path

@@ -17,8 +17,9 @@ What a position promises, on every backend:
   at a position <= p. Reading `after` the last position seen, page after page, therefore sees
   every event exactly once, in the same order for every reader (what read models rely on);
 - `last_position()` is the newest final position, and a batch's `Accepted.last_position` is
-  the newest position among its events, appended or found as duplicates: a reader that has
-  applied it has applied the whole batch.
+  at least the newest position among its events, appended or found as duplicates (SQLite: the
+  log's end; PostgreSQL: exactly that newest one): a reader that has applied it has applied
+  the whole batch.
 """
 
 from __future__ import annotations

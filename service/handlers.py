@@ -12,6 +12,7 @@ from service import export, ingest, keys
 from service.errors import json_error
 from service.params import int_param
 from service.stream import HEARTBEAT, HEARTBEAT_S
+from service.tailer import Health, replica_health  # noqa: F401 (Health: openapi)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -29,8 +30,8 @@ class Ingested(msgspec.Struct):
 async def post_events(request: web.Request) -> web.Response:
     """Ingest one event, a JSON array of events, or NDJSON; answer after the commit."""
     body = await request.read()
-    batch = ingest.parse_body(body, request.headers.get("content-type", ""),
-                              max_events=request.app[keys.CONFIG].max_events)
+    batch = await ingest.parse_off_loop(body, request.headers.get("content-type", ""),
+                                        max_events=request.app[keys.CONFIG].max_events)
     result = await request.app[keys.WRITER].submit(batch)
     if isinstance(result, Rejected):
         return json_error(409, f"conflict with events already stored: {result.details[0].message}",
@@ -38,14 +39,12 @@ async def post_events(request: web.Request) -> web.Response:
     return json_response(Ingested(result.appended, result.duplicates, result.last_position), 201)
 
 
-class Health(msgspec.Struct):
-    status: str
-    position: int
-
-
 async def health(request: web.Request) -> web.Response:
-    """200 once replay is done (the server only listens after it)."""
-    return json_response(Health("ok", request.app[keys.MODELS].position))
+    """200 once replay is done (the server only listens after it); 503 with the reason when a
+    replica of a shared log is not following it or is behind."""
+    status, body = replica_health(request.app[keys.MODELS].position,
+                                  request.app[keys.WRITER].follower)
+    return json_response(body, status)
 
 
 async def get_log(request: web.Request) -> web.Response:

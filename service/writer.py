@@ -1,8 +1,15 @@
 """The single writer: group commit, then live projection updates.
 
 Requests hand their prepared batches to `Writer.submit` and wait. One task drains everything
-queued, commits it in one transaction, applies the new events to the read models in position
-order, and only then answers each request: an acknowledged event is durable and visible.
+queued, commits it in one transaction, hands the results to its `Follower`, which brings the
+read models up to the new events, and only then answers each request: an acknowledged event is
+durable and visible. One path for every backend; the follower is what differs:
+
+- a log only this process appends to (SQLite): `ApplyOwnRows` applies the committed rows
+  from memory, in position order;
+- a log other processes append to too (`store.shared`, PostgreSQL): `service.tailer.Tailer`,
+  which applies the log in position order, whoever appended, and returns once it has applied
+  this commit's rows.
 """
 
 from __future__ import annotations
@@ -10,13 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
+from events.records import Record
 from events.store import Accepted, EventStore, NewEvent, Rejected, StoreError, StoreUnavailable
-from projections.replay import ReadModels
-
-if TYPE_CHECKING:
-    from service.tailer import Tailer
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,44 @@ class Overloaded(Exception):
     """The queue of pending events is full; the client should retry later."""
 
 
+class ReadModels(Protocol):
+    """What the write path needs of the read models: where they are, and how to extend them."""
+
+    position: int  # the last log position applied
+
+    async def apply_rows(self, rows: Sequence[tuple[int, Record]]) -> None:
+        """Apply `(position, record)` rows, in increasing position order, after `position`."""
+        ...
+
+
+class Follower(Protocol):
+    """What brings the read models up to a commit: the writer's only way to them."""
+
+    async def committed(self, results: Sequence[Accepted | Rejected]) -> None:
+        """Return once the read models hold every event of the accepted `results`."""
+        ...
+
+    def behind(self) -> tuple[float | None, str | None]:
+        """(seconds since the read models last held all of the log, or None when this process
+        is the log's only writer; why this replica is not following, or None)."""
+        ...
+
+
+class ApplyOwnRows:
+    """The follower of a log nobody else appends to: the commit's rows are the next ones."""
+
+    def __init__(self, models: ReadModels):
+        self._models = models
+
+    async def committed(self, results: Sequence[Accepted | Rejected]) -> None:
+        await self._models.apply_rows([(position, event.record) for result in results
+                                       if isinstance(result, Accepted)
+                                       for position, event in result.rows])
+
+    def behind(self) -> tuple[float | None, str | None]:
+        return None, None
+
+
 class Writer:
     def __init__(
         self,
@@ -35,14 +77,13 @@ class Writer:
         models: ReadModels,
         max_pending: int,
         on_commit: Callable[[int], None] | None = None,
-        tailer: Tailer | None = None,
+        follower: Follower | None = None,
     ):
         self._store = store
         self._models = models
         self._max_pending = max_pending
         self._on_commit = on_commit
-        # Set when other processes append to the same log (see service/tailer.py).
-        self._tailer = tailer
+        self.follower = follower if follower is not None else ApplyOwnRows(models)
         self._queue: deque[tuple[Sequence[NewEvent], asyncio.Future]] = deque()
         self._pending_events = 0
         self._wakeup = asyncio.Event()
@@ -117,14 +158,8 @@ class Writer:
             for item in group:
                 await self._commit([item])
             return
-        if self._tailer is not None:
-            await self._tailer.apply_own(results)
-            self.appended += sum(r.appended for r in results if isinstance(r, Accepted))
-        else:
-            rows = [(position, event.record) for result in results
-                    if isinstance(result, Accepted) for position, event in result.rows]
-            await self._models.apply_rows(rows)
-            self.appended += len(rows)
+        await self.follower.committed(results)
+        self.appended += sum(r.appended for r in results if isinstance(r, Accepted))
         for (_, future), result in zip(group, results):
             if not future.done():
                 future.set_result(result)

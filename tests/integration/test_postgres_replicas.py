@@ -1,8 +1,10 @@
-"""Several replicas on one PostgreSQL log, in one process: ordering, tailing, convergence.
+"""Several replicas on one PostgreSQL log: ordering, tailing, convergence, lost connections.
 
-Each "replica" is what `create_app` builds for it: its own `PostgresStore` (own pool and
-LISTEN connection), `ReadModels`, `Tailer` and `Writer`. The real server processes are in
-tests/e2e/test_replicas.py.
+Each in-process "replica" is what `create_app` builds for it: its own `PostgresStore` (own pool
+and LISTEN connection), read models, `Tailer` and `Writer`. The read models here are the
+tailer's interface (`position`, `apply_rows`) recording what they are given, so every test sees
+exactly which positions each replica applied, in which order. `test_three_processes_...` runs
+replicas in three processes; the real server processes are in tests/e2e/test_replicas.py.
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import random
 
 import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 
+import events.postgres_store as postgres_store
+from events import codec
 from events.postgres_store import PostgresStore
-from events.store import Accepted, Rejected, StoreUnavailable
-from projections.replay import (ReadModels, encode_snapshot, load_snapshot, replay,
-                                write_snapshot)
-from service.app import open_store
-from service.config import Config
+from events.store import Accepted, Rejected, StoreError, StoreUnavailable
 from service.ingest import parse_body
-from service.tailer import Tailer
+from service.tailer import Tailer, replica_health
 from service.writer import Writer
 from tests import factories
 from tests.postgres import DSN, dsn_with_schema, fresh_schema
@@ -32,17 +36,28 @@ def batch(*events: dict):
     return parse_body(json.dumps(list(events)).encode(), "application/json")
 
 
-class CheckedModels(ReadModels):
-    """Read models that fail loudly unless every position comes once, in order, without gaps."""
+class Recorded:
+    """Read models that record what they apply and fail loudly on a position out of order."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[int] = []
+        self.position = 0
+        self.rows: list[tuple[int, object]] = []
 
-    def apply(self, position, record) -> None:
-        assert position == self.position + 1, f"applied {position} after {self.position}"
-        self.seen.append(position)
-        super().apply(position, record)
+    async def apply_rows(self, rows) -> None:
+        for position, record in rows:
+            assert position > self.position, f"applied {position} after {self.position}"
+            self.position = position
+            self.rows.append((position, record))
+
+    @property
+    def seen(self) -> list[int]:
+        return [position for position, _ in self.rows]
+
+
+async def replay_of(store: PostgresStore) -> list[tuple[int, object]]:
+    """A single replay of the final log: what every replica must have applied."""
+    rows = await store.read(0, 1_000_000)
+    return [(position, codec.decode(payload)) for position, _, payload, _ in rows]
 
 
 @contextlib.asynccontextmanager
@@ -54,12 +69,11 @@ async def replicas(count: int, *, start_tailers: bool = True, poll_s: float = 0.
             for _ in range(count):
                 store = await PostgresStore.open(DSN, schema=schema)
                 await store.migrate()
-                models = CheckedModels()
-                await replay(store, models)
+                models = Recorded()
                 tailer = Tailer(store, models, poll_s)
                 if start_tailers:
                     await tailer.start()
-                writer = Writer(store, models, 1_000_000, tailer=tailer)
+                writer = Writer(store, models, 1_000_000, follower=tailer)
                 writer.start()
                 built.append((store, models, tailer, writer))
             yield schema, built
@@ -77,8 +91,11 @@ async def until(condition, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_an_append_cannot_commit_before_an_earlier_one():
-    """Try to commit out of order: hold one append open, commit another meanwhile."""
+async def late_commit_seen_by_a_reader() -> tuple[list[int], list[int], list[int], bool]:
+    """Hold append A open, commit a later append B meanwhile, then commit A.
+
+    Returns (A's positions, B's positions, what a reader polling all along saw, whether B
+    committed while A was still open)."""
     async with fresh_schema("order") as schema:
         first_store = await PostgresStore.open(DSN, schema=schema)
         second_store = await PostgresStore.open(DSN, schema=schema)
@@ -99,67 +116,108 @@ async def test_an_append_cannot_commit_before_an_earlier_one():
             transaction = held.transaction()
             await transaction.start()
             [first] = await first_store.append_in(held, [batch(factories.started(request_id="a"))])
-            assert first.rows[0][0] == 1  # position 1 taken, not committed
             second = asyncio.create_task(
                 second_store.append([batch(factories.started(request_id="b"))]))
-            await asyncio.sleep(0.3)
-            assert not second.done(), "a later append committed while an earlier one was open"
-            assert seen == []
+            await asyncio.wait([second], timeout=5)
+            concurrent = second.done()
+            await asyncio.sleep(0.1)  # the reader polls meanwhile
             await transaction.commit()
             [result] = await second
-            assert [p for p, _ in result.rows] == [2]
-            await until(lambda: len(seen) == 2)
+            await until(lambda: result.last_position in seen)
+            await asyncio.sleep(0.1)  # time for the reader to read A, if it ever will
         finally:
             reading = False
             await tail
             await held.close()
             await first_store.close()
             await second_store.close()
-        assert seen == [1, 2]
+        return [p for p, _ in first.rows], [p for p, _ in result.rows], seen, concurrent
 
 
-async def test_the_tailer_waits_at_a_gap_left_by_a_late_commit():
-    """A writer that ignores the lock commits position 2 before 1: the tailer must not skip 1."""
-    async with replicas(1, start_tailers=False) as (schema, [(store, models, tailer, _)]):
-        early = await asyncpg.connect(dsn_with_schema(schema))
-        late = await asyncpg.connect(dsn_with_schema(schema))
-        [one], [two] = batch(factories.started(request_id="1")), batch(factories.started(request_id="2"))
-        insert = ("INSERT INTO events (position, event_id, type, payload, recorded_at) "
-                  "VALUES ($1, $2, $3, $4, 0)")
+async def test_a_later_append_commits_first_and_is_read_after_the_earlier_one():
+    """The out-of-order commit: B commits while A is open (no lock), yet A is read first."""
+    a, b, seen, concurrent = await late_commit_seen_by_a_reader()
+    assert concurrent, "the later append waited for the earlier one: appends are serialised"
+    assert a[0] < b[0]
+    assert seen == a + b  # nothing of B before A committed, and A in its place after
+
+
+async def test_without_the_horizon_the_reader_would_skip_the_late_commit(monkeypatch):
+    """The same scenario with the horizon removed from reads: B is read while A is open, and
+    A, committed later below B, is never read. This is what the horizon prevents."""
+    monkeypatch.setattr(postgres_store, "HORIZON_SQL", "9223372036854775807")
+    a, b, seen, _ = await late_commit_seen_by_a_reader()
+    assert seen[:1] == b and not set(a) & set(seen)
+
+
+async def test_a_commit_waits_to_be_visible_behind_an_older_open_append():
+    """Read-your-writes across replicas: B's answer comes once A (older, still open) ended,
+    and both replicas apply A before B."""
+    async with replicas(2) as (schema, [(store, mine, _, _), (_, theirs, _, their_writer)]):
+        held = await asyncpg.connect(dsn_with_schema(schema))
         try:
-            transaction = early.transaction()
+            transaction = held.transaction()
             await transaction.start()
-            await early.execute(insert, 1, one.event_id.encode(), one.type_code, one.payload)
-            await late.execute(insert, 2, two.event_id.encode(), two.type_code, two.payload)
-            assert [r[0] for r in await store.read(0, 10)] == [2]
-            assert await tailer.catch_up() == 0
-            assert models.position == 0
+            [a] = await store.append_in(held, [batch(factories.started("held", "a"))])
+            b = asyncio.create_task(their_writer.submit(batch(factories.started("late", "b"))))
+            await asyncio.sleep(0.3)
+            assert not b.done(), "B was acknowledged before an older append below it ended"
+            assert mine.seen == theirs.seen == []
             await transaction.commit()
-            assert await tailer.catch_up() == 2
-            assert models.seen == [1, 2]
+            result = await asyncio.wait_for(b, 5)
         finally:
-            await early.close()
-            await late.close()
+            await held.close()
+        expected = [a.rows[0][0], result.rows[0][0]]
+        assert theirs.seen == expected  # applied when the answer was sent
+        await until(lambda: mine.seen == expected)
+
+
+async def test_an_open_transaction_elsewhere_shows_in_health_as_behind():
+    """A writing transaction left open anywhere on the server holds the horizon: the replica
+    reports it (503 with the reason) instead of looking healthy, and recovers after."""
+    async with replicas(1) as (schema, [(_, _, _, their_writer)]):
+        store = await PostgresStore.open(DSN, schema=schema)
+        models = Recorded()
+        tailer = Tailer(store, models, poll_s=0.05, max_lag_s=0.3)
+        await tailer.start()
+        holder = await asyncpg.connect(DSN)
+        try:
+            blocker = holder.transaction()
+            await blocker.start()
+            await holder.fetchval("SELECT pg_current_xact_id()")
+            done = asyncio.create_task(their_writer.submit(batch(factories.started("s", "r"))))
+            await asyncio.sleep(0.8)
+            status, body = replica_health(models.position, tailer)
+            assert status == 503 and "commit horizon" in body.reason, body
+            await blocker.rollback()
+            result = await asyncio.wait_for(done, 5)
+            await until(lambda: models.position == result.last_position)
+            await until(lambda: replica_health(models.position, tailer)[0] == 200)
+        finally:
+            await holder.close()
+            await tailer.close()
+            await store.close()
 
 
 async def test_own_commit_applies_foreign_rows_before_it():
-    """Applied up to 7; another replica commits 8-9; ours commits 10-12: 8-9 come first."""
+    """Another replica commits 8-9 before ours commits 10-12: ours applies 8-9 first."""
     async with replicas(2, start_tailers=False) as (_, [(_, mine, _, my_writer),
-                                                        (_, _, _, their_writer)]):
+                                                        (_, theirs, _, their_writer)]):
         for rid in range(7):
             await my_writer.submit(batch(factories.started(request_id=f"mine-{rid}")))
-        await their_writer.submit(batch(factories.started("other", "8"),
-                                        factories.started("other", "9")))
-        assert mine.position == 7  # its tailer is not running: 8-9 are not applied yet
+        foreign = await their_writer.submit(batch(factories.started("other", "8"),
+                                                  factories.started("other", "9")))
+        assert len(mine.seen) == 7  # its tailer is not running: 8-9 are not applied yet
         result = await my_writer.submit(batch(*(factories.started(request_id=f"late-{i}")
                                                 for i in range(3))))
-        assert [p for p, _ in result.rows] == [10, 11, 12]
-        assert mine.seen == list(range(1, 13))
-        assert "other" in mine.metrics.state.sessions
+        own = [p for p, _ in result.rows]
+        assert mine.seen[-5:] == [p for p, _ in foreign.rows] + own
+        assert len(set(mine.seen)) == len(mine.seen) == 12
+        assert theirs.seen == mine.seen[:9]
 
 
 async def test_replicas_converge_and_keep_the_rules_across_processes():
-    """Three replicas ingest at once, partly the same batches; all end with the same metrics."""
+    """Three replicas ingest at once, partly the same batches; all end with the same rows."""
     rng = random.Random(8)
     sessions = [f"s{n}" for n in range(30)]
     requests = [(sid, f"r{n}") for sid in sessions for n in range(10)]
@@ -188,40 +246,11 @@ async def test_replicas_converge_and_keep_the_rules_across_processes():
         conflict = await writers[2].submit(batch(factories.failed(sid, rid, event_id="late-fail")))
         assert isinstance(conflict, Rejected)
 
-        total = len(wire)
-        await until(lambda: all(models.position == total for _, models, _, _ in built))
+        final = await replay_of(built[0][0])
+        assert len(final) == len(wire)
+        await until(lambda: all(models.position == final[-1][0] for _, models, _, _ in built))
         for _, models, _, _ in built:
-            assert models.seen == list(range(1, total + 1))
-        # Live state on every replica equals a fresh replay of the shared log.
-        replayed = ReadModels()
-        await replay(built[0][0], replayed)
-        assert len(replayed.metrics.state.sessions) == len(sessions)
-        expected = encode_snapshot(replayed, None)  # every projection's state and position
-        for _, models, _, _ in built:
-            assert encode_snapshot(models, None) == expected
-
-
-async def test_a_snapshot_taken_while_the_tailer_applies_is_usable(tmp_path):
-    """The state may move while `write_snapshot` reads the log; the snapshot must still load."""
-    async with replicas(2, start_tailers=False) as (_, [(store, models, tailer, _),
-                                                        (_, _, _, their_writer)]):
-        for rid in ("1", "2"):
-            await their_writer.submit(batch(factories.started(request_id=rid)))
-        await tailer.catch_up()
-        await their_writer.submit(batch(factories.started(request_id="3")))
-
-        class TailedDuringReads:
-            """The store, with the tailer applying new rows while each read is in flight."""
-
-            async def read(self, after, limit):
-                await tailer.catch_up()
-                return await store.read(after, limit)
-
-        path = tmp_path / "replica.snapshot"
-        assert await write_snapshot(path, models, TailedDuringReads()) == 3
-        restored = ReadModels()
-        assert await load_snapshot(path, restored, store) == 3
-        assert encode_snapshot(restored, None) == encode_snapshot(models, None)
+            assert models.rows == final
 
 
 async def test_a_lost_listen_connection_is_reopened_and_nothing_is_missed():
@@ -240,29 +269,67 @@ async def test_a_lost_listen_connection_is_reopened_and_nothing_is_missed():
         await until(lambda: store.listening)
 
 
+async def test_a_replica_whose_connections_are_terminated_keeps_following():
+    """Issue 12 item 5: every connection of a replica terminated, three times; its tailer
+    lives on, says why it is not following meanwhile, and catches up by itself."""
+    async with replicas(2, poll_s=0.05) as (_, [(_, models, tailer, writer),
+                                                (_, _, _, their_writer)]):
+        admin = await asyncpg.connect(DSN)
+        try:
+            mine = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = "
+                                     "current_database() AND pid <> pg_backend_pid()")
+            for round_ in range(3):
+                # Everything but our own admin connection: the replicas' pools and listeners.
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1)",
+                    [r["pid"] for r in mine] + [r["pid"] for r in await admin.fetch(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND pid <> pg_backend_pid() AND application_name = ''")])
+                result = None
+                for _ in range(50):
+                    try:
+                        result = await their_writer.submit(
+                            batch(factories.started("terminated", f"r{round_}")))
+                        break
+                    except StoreUnavailable:
+                        await asyncio.sleep(0.05)  # its pool reconnects on the next try
+                assert isinstance(result, Accepted)
+                await until(lambda: models.position >= result.last_position)
+                assert not tailer._task.done()
+        finally:
+            await admin.close()
+        await until(lambda: replica_health(models.position, tailer)[0] == 200)
+        # The replica's own writes work again too.
+        own = await writer.submit(batch(factories.started("terminated", "own")))
+        assert isinstance(own, Accepted)
+
+
 def test_driver_errors_become_the_ports_errors():
     from events.postgres_store import _translate
-    from events.store import StoreError, StoreUnavailable
 
     assert isinstance(_translate(ConnectionRefusedError(111, "refused")), StoreUnavailable)
     assert isinstance(_translate(asyncpg.exceptions.ReadOnlySQLTransactionError("ro")),
                       StoreUnavailable)
     assert isinstance(_translate(asyncpg.exceptions.DiskFullError("full")), StoreUnavailable)
+    assert isinstance(_translate(asyncpg.InternalClientError("cannot perform operation: "
+                                                              "connection is closed")),
+                      StoreUnavailable)
+    assert isinstance(_translate(asyncpg.ConnectionDoesNotExistError("gone")), StoreUnavailable)
+    assert isinstance(_translate(asyncpg.InterfaceError("pool is closing")), StoreUnavailable)
     other = _translate(asyncpg.exceptions.UniqueViolationError("dup"))
     assert isinstance(other, StoreError) and not isinstance(other, StoreUnavailable)
 
 
-async def test_a_postgres_url_selects_the_shared_store_and_a_snapshot_per_replica():
-    async with fresh_schema("config") as schema:
-        config = Config(db=dsn_with_schema(schema), port=8123)
-        store = await open_store(config)
-        try:
-            assert isinstance(store, PostgresStore) and store.schema == schema
-            assert await store.last_position() == 0  # migrated
-        finally:
-            await store.close()
-    assert config.snapshot_path == "data/replica-8123.snapshot"
-    assert Config(db="data/x.db").snapshot_path == "data/x.db.snapshot"
+async def test_driver_errors_of_a_closed_store_are_translated():
+    """Whatever asyncpg raises on a store whose pool is gone comes out as the port's error."""
+    async with fresh_schema("closed") as schema:
+        store = await PostgresStore.open(DSN, schema=schema)
+        await store.migrate()
+        await store.close()
+        for call in (store.read(0, 1), store.last_position(), store.horizon(),
+                     store.append([batch(factories.started())])):
+            with pytest.raises(StoreUnavailable):
+                await call
 
 
 async def test_without_notifications_the_tailer_polls():
@@ -278,6 +345,9 @@ async def test_without_notifications_the_tailer_polls():
             async def read(self, after, limit):
                 return await store.read(after, limit)
 
+            async def horizon(self):
+                return await store.horizon()
+
         tailer = Tailer(Deaf(), models, poll_s=0.05)
         await tailer.start()
         try:
@@ -285,3 +355,112 @@ async def test_without_notifications_the_tailer_polls():
             await until(lambda: models.position == result.last_position, timeout=5)
         finally:
             await tailer.close()
+
+
+# --- three processes, random commit delays: every replica equals one replay of the log -----
+
+def _process(schema: str, events: list[dict], delays: list[float], barrier) -> list:
+    """One replica in its own process: a real Writer and Tailer on a store whose commits are
+    delayed at random; returns the (position, event id) rows its read models applied."""
+    return asyncio.run(_replica_process(schema, events, delays, barrier))
+
+
+class _SlowCommits(PostgresStore):
+    """A store that sleeps inside each append transaction before its commit."""
+
+    delays: list[float] = []
+
+    async def append(self, batches):
+        delay = self.delays.pop() if self.delays else 0.0
+        try:
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    results = await self.append_in(conn, batches)
+                    await asyncio.sleep(delay)
+                await self._notify(conn)
+            return results
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+            return await PostgresStore.append(self, batches)
+
+
+async def _replica_process(schema, events, delays, barrier):
+    store = await _SlowCommits.open(DSN, schema=schema)
+    store.delays = list(delays)
+    models = Recorded()
+    tailer = Tailer(store, models, poll_s=0.05)
+    await tailer.start()
+    writer = Writer(store, models, 1_000_000, follower=tailer)
+    writer.start()
+    wait = asyncio.get_running_loop().run_in_executor
+    try:
+        await wait(None, barrier.wait)  # all three start appending together
+        # Two requests at a time, so the writer's groups vary and commits interleave.
+        for pair in range(0, len(events), 6):
+            chunks = _chunks(events[pair:pair + 6])
+            answers = await asyncio.gather(*(writer.submit(batch(*c)) for c in chunks))
+            assert all(isinstance(a, Accepted) for a in answers), answers
+            for answer in answers:  # read-your-writes: acknowledged means applied here
+                assert models.position >= answer.last_position
+        await wait(None, barrier.wait)  # everybody's appends are committed
+        final = await store.last_position()
+        await until(lambda: models.position >= final)
+        return [(p, codec.encode(r)) for p, r in models.rows]
+    finally:
+        await writer.close()
+        await tailer.close()
+        await store.close()
+
+
+def _chunks(events: list[dict]) -> list[list[dict]]:
+    return [events[i:i + 3] for i in range(0, len(events), 3)]
+
+
+@pytest.fixture(scope="module")
+def process_pool():
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(3) as pool:
+        yield manager, pool
+
+
+@st.composite
+def plans(draw):
+    """Events for 3 processes (some posted by two of them) and each process's commit delays."""
+    count = draw(st.integers(3, 40))
+    events = [factories.started(f"s{n % 5}", f"r{n}", event_id=f"e{n}") for n in range(count)]
+    shares = [[], [], []]
+    for event in events:
+        owners = draw(st.sets(st.integers(0, 2), min_size=1, max_size=2))
+        for owner in owners:
+            shares[owner].append(event)
+    delays = [draw(st.lists(st.floats(0, 0.05), min_size=0, max_size=15)) for _ in range(3)]
+    return count, shares, delays
+
+
+@settings(max_examples=12, deadline=None, print_blob=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plan=plans())
+def test_three_processes_with_random_commit_delays_equal_one_replay(process_pool, plan):
+    count, shares, delays = plan
+    note(f"events per process: {[[e['event_id'] for e in s] for s in shares]}; "
+         f"commit delays: {delays}")
+    manager, pool = process_pool
+
+    async def run():
+        async with fresh_schema("procs") as schema:
+            store = await PostgresStore.open(DSN, schema=schema)
+            try:
+                await store.migrate()
+                barrier = manager.Barrier(3)
+                pending = pool.starmap_async(_process, [(schema, shares[n], delays[n], barrier)
+                                                        for n in range(3)])
+                applied = await asyncio.get_running_loop().run_in_executor(
+                    None, pending.get, 120)
+                final = [(p, payload) for p, _, payload, _ in await store.read(0, 10_000)]
+            finally:
+                await store.close()
+        return applied, final
+
+    applied, final = asyncio.run(run())
+    assert len(final) == count  # each event stored once, whoever posted it
+    for rows in applied:
+        assert rows == final
