@@ -8,6 +8,7 @@ delivery is still pending. WAL and `synchronous=FULL`, like the event log.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Iterable
@@ -16,6 +17,8 @@ import aiosqlite
 import msgspec
 
 from service.alerts.rules import Rule
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -95,6 +98,16 @@ def _delivery(row) -> Delivery:
     return Delivery(row[0], row[1], msgspec.json.decode(row[2]), *row[3:])
 
 
+def _read_rule(name: str, body: bytes) -> Rule | None:
+    # A stored rule this version cannot read (a measure since removed) is left out, loudly,
+    # so that the other rules still work.
+    try:
+        return _decode_rule(body)
+    except msgspec.ValidationError as exc:
+        log.warning("alert rule %r is not valid for this version and is skipped: %s", name, exc)
+        return None
+
+
 class AlertStoreError(Exception):
     """The alert file cannot be opened or written."""
 
@@ -168,12 +181,14 @@ class AlertStore:
 
     async def rules(self) -> list[tuple[Rule, int]]:
         """Every rule with its creation time, by name."""
-        rows = await self._fetch("SELECT body, created_us FROM rules ORDER BY name")
-        return [(_decode_rule(body), created) for body, created in rows]
+        rows = await self._fetch("SELECT name, body, created_us FROM rules ORDER BY name")
+        return [(rule, created) for name, body, created in rows
+                if (rule := _read_rule(name, body)) is not None]
 
     async def rule(self, name: str) -> tuple[Rule, int] | None:
         rows = await self._fetch("SELECT body, created_us FROM rules WHERE name = ?", (name,))
-        return (_decode_rule(rows[0][0]), rows[0][1]) if rows else None
+        rule = _read_rule(name, rows[0][0]) if rows else None
+        return (rule, rows[0][1]) if rule is not None else None
 
     async def delete_rule(self, name: str, now_us: int) -> bool:
         """Forget a rule and its states; its pending deliveries are cancelled, not sent."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 
+import msgspec
 import pytest
 
 from service import webhooks
@@ -233,5 +235,24 @@ async def test_rules_survive_reopening_and_names_are_unique(tmp_path):
     store = await AlertStore.open(path)
     try:
         assert await store.rules() == [(rule, 123)]
+    finally:
+        await store.close()
+
+
+async def test_a_stored_rule_this_version_cannot_read_is_skipped_not_fatal(tmp_path):
+    path = tmp_path / "alerts.db"
+    store = await AlertStore.open(path)
+    good = make_rule("http://127.0.0.1:1/hook")
+    await store.add_rule(good, 1)
+    await store.close()
+    with sqlite3.connect(path) as conn:  # as an older version with another measure wrote it
+        body = json.dumps({**json.loads(msgspec.json.encode(good)), "name": "old",
+                           "measure": "a_measure_since_removed"})
+        conn.execute("INSERT INTO rules VALUES ('old', ?, 2)", (body.encode(),))
+    store = await AlertStore.open(path)
+    try:
+        assert await store.rules() == [(good, 1)]
+        assert await store.rule("old") is None
+        assert await store.delete_rule("old", 3)
     finally:
         await store.close()
