@@ -8,10 +8,10 @@ TESTS  := $(VENV)/.installed-test
 
 .PHONY: install run replay migrate test bench soak clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e . -e './client[async]'
 	touch $(STAMP)
 
 $(TESTS): $(STAMP)

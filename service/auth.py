@@ -8,6 +8,8 @@ hashed once and compared, in constant time, with every configured digest.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hashlib
 import hmac
@@ -31,7 +33,8 @@ def is_public(path: str, config) -> bool:
 
 
 # The routes an ingest key may POST to; every other route needs a read key (GET) or the admin key.
-INGEST_PATHS = frozenset({"/events", "/v1/traces"})
+OTLP_PATHS = frozenset({"/v1/traces", "/api/public/otel/v1/traces", "/v1/logs", "/v1/metrics"})
+INGEST_PATHS = frozenset({"/events"}) | OTLP_PATHS
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -101,10 +104,28 @@ def allows(principal: Principal, method: str, path: str) -> bool:
             or (Role.READ in roles and method in READ_METHODS))
 
 
+def basic_principal(keyring: KeyRing, authorization: str) -> Principal | None:
+    """`Authorization: Basic base64(user:password)` as OTLP exporters configured for Langfuse
+    send it (public key : secret key): the password, else the whole `user:password`, is the
+    key. Both are checked, so the time taken does not say which matched."""
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        pair = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    password = pair.partition(":")[2]
+    by_password = keyring.identify(password) if password else None
+    by_pair = keyring.identify(pair)
+    return by_password or by_pair
+
+
 def auth_middleware(keyring: KeyRing):
     """401 without a known key, 403 for a known key on a route its role does not cover.
 
-    Public routes pass untouched. Messages name the role, never the key.
+    Public routes pass untouched. Messages name the role, never the key. The OTLP routes also
+    take `Authorization: Basic` (`basic_principal`) when `x-internal-auth` is absent.
     """
 
     @web.middleware
@@ -112,9 +133,15 @@ def auth_middleware(keyring: KeyRing):
         if is_public(request.path, request.app[keys.CONFIG]):
             return await handler(request)
         given = request.headers.get(HEADER)
-        if given is None:
+        if given is None and request.path in OTLP_PATHS and "authorization" in request.headers:
+            principal = basic_principal(keyring, request.headers["authorization"])
+            if principal is None:
+                return json_error(401, "wrong Authorization header: neither the password "
+                                       "(Langfuse's secret key) nor user:password is a key")
+        elif given is None:
             return json_error(401, f"missing {HEADER} header")
-        principal = keyring.identify(given)
+        else:
+            principal = keyring.identify(given)
         if principal is None:
             return json_error(401, f"wrong {HEADER} header: not a configured key")
         if not allows(principal, request.method, request.path):

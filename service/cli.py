@@ -17,7 +17,7 @@ import urllib.request
 from datetime import datetime
 from typing import Iterator
 
-from client._core import Backoff
+from llm_metrics_client._core import Backoff
 from service.config import Config, add_arguments
 from service.progress import Progress
 from service.terminal import printable, printable_json

@@ -30,6 +30,10 @@ def setup_routes(app: web.Application) -> None:
                        reads.get_session_requests)
     app.router.add_get("/events/metrics/session/{session_id:[\\s\\S]+}", reads.get_session)
     app.router.add_post("/v1/traces", otlp.post_traces)
+    # Langfuse's SDK exports to {host}/api/public/otel/v1/traces: point its host here.
+    app.router.add_post("/api/public/otel/v1/traces", otlp.post_traces)
+    app.router.add_post("/v1/logs", otlp.post_logs)
+    app.router.add_post("/v1/metrics", otlp.post_metrics)
     app.router.add_get("/metrics", prometheus.get_metrics)
     app.router.add_get("/prices", price_api.get_prices)
     app.router.add_put("/prices", price_api.put_prices)

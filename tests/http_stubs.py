@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import urllib.request
+import uuid
 
 from aiohttp import ClientSession, web
 
@@ -55,8 +56,8 @@ WORDS = ["Hello", " from", " the", " stub", "."]
 
 
 def _chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None = None,
-           choices: bool = True) -> bytes:
-    body = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": int(time.time()),
+           choices: bool = True, id: str = "chatcmpl-stub") -> bytes:
+    body = {"id": id, "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else []}
     if usage is not None:
@@ -83,29 +84,93 @@ def openai_stub() -> web.Application:
             return web.json_response({"error": {"message": "slow down", "type": "rate_limit",
                                                 "code": "rate_limit_exceeded"}}, status=429)
         wants_tool = bool(body.get("tools"))
+        # A fresh id per call, as the real API: instrumentations report it as gen_ai.response.id.
+        call_id = f"chatcmpl-{uuid.uuid4().hex}"
         if not body.get("stream"):
             message = {"role": "assistant", "content": None if wants_tool else "".join(WORDS)}
             if wants_tool:
                 message["tool_calls"] = [{"id": "call_1", "type": "function", "function": {
                     "name": "lookup", "arguments": "{}"}}]
             return web.json_response({
-                "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()),
+                "id": call_id, "object": "chat.completion", "created": int(time.time()),
                 "model": model, "usage": USAGE,
                 "choices": [{"index": 0, "message": message,
                              "finish_reason": "tool_calls" if wants_tool else "stop"}]})
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(_chunk(model, {"role": "assistant", "content": ""}))
+        await response.write(_chunk(model, {"role": "assistant", "content": ""}, id=call_id))
         await asyncio.sleep(FIRST_TOKEN_DELAY_S)
         for word in WORDS:
-            await response.write(_chunk(model, {"content": word}))
-        await response.write(_chunk(model, {}, finish="stop"))
+            await response.write(_chunk(model, {"content": word}, id=call_id))
+        await response.write(_chunk(model, {}, finish="stop", id=call_id))
         if (body.get("stream_options") or {}).get("include_usage"):
-            await response.write(_chunk(model, {}, usage=USAGE, choices=False))
+            await response.write(_chunk(model, {}, usage=USAGE, choices=False, id=call_id))
         await response.write(b"data: [DONE]\n\n")
         return response
 
     app.router.add_post("/v1/chat/completions", completions)
+    return app
+
+
+# ---- an Anthropic-compatible messages endpoint ----------------------------------------------
+
+# Anthropic's input_tokens excludes the cache: the prompt is input + cache read + cache write.
+ANTHROPIC_USAGE = {"input_tokens": 30, "output_tokens": 7, "cache_read_input_tokens": 100,
+                   "cache_creation_input_tokens": 50}
+ANTHROPIC_PROMPT_TOKENS = 180
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def anthropic_stub() -> web.Application:
+    """`POST /v1/messages`: model `rate-limited` answers 429; `tools` gets a `tool_use` block;
+    `stream` sends text deltas after `FIRST_TOKEN_DELAY_S`, usage in `message_start` (input and
+    cache) and `message_delta` (output), as the real API does."""
+    app = web.Application()
+    app[REQUESTS] = []
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        app[REQUESTS].append(body)
+        model = body["model"]
+        if model == "rate-limited":
+            return web.json_response({"type": "error", "error": {
+                "type": "rate_limit_error", "message": "slow down"}}, status=429)
+        wants_tool = bool(body.get("tools"))
+        content = ([{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}]
+                   if wants_tool else [{"type": "text", "text": "".join(WORDS)}])
+        stop = "tool_use" if wants_tool else "end_turn"
+        message_id = f"msg_{uuid.uuid4().hex}"
+        if not body.get("stream"):
+            return web.json_response({
+                "id": message_id, "type": "message", "role": "assistant", "model": model,
+                "content": content, "stop_reason": stop, "stop_sequence": None,
+                "usage": ANTHROPIC_USAGE})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+        await response.write(_sse("message_start", {"type": "message_start", "message": {
+            "id": message_id, "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}}))
+        await response.write(_sse("content_block_start", {
+            "type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}))
+        await asyncio.sleep(FIRST_TOKEN_DELAY_S)
+        for word in WORDS:
+            await response.write(_sse("content_block_delta", {
+                "type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": word}}))
+        await response.write(_sse("content_block_stop", {"type": "content_block_stop",
+                                                         "index": 0}))
+        await response.write(_sse("message_delta", {
+            "type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]}}))
+        await response.write(_sse("message_stop", {"type": "message_stop"}))
+        return response
+
+    app.router.add_post("/v1/messages", messages)
     return app
 
 

@@ -1,20 +1,29 @@
 """Instrument an application for LLM Metrics in two lines.
 
 ```python
-from client import MetricsClient
+from llm_metrics_client import MetricsClient
 metrics = MetricsClient("http://127.0.0.1:8001", secret="...")
 with metrics.track("session-1", "gpt-4o") as req:
     ...  # call the model; set req.prompt_tokens, req.completion_tokens, req.tool_calls
 ```
 
-`AsyncMetricsClient` is the asyncio flavour; `client.openai.instrument` wraps an
-`openai.OpenAI` / `AsyncOpenAI` client so every chat completion is tracked with no other change.
-The client needs only the standard library (sync) and aiohttp (async).
+`AsyncMetricsClient` is the asyncio flavour; `llm_metrics_client.openai.instrument` and
+`llm_metrics_client.anthropic.instrument` wrap an OpenAI / Anthropic client so every call is
+tracked with no other change. The sync client needs only the standard library; the async one
+needs aiohttp (`pip install "./client[async]"`), imported only when it is first used.
 """
 
-from client._core import Backoff, Stats
-from client.aio import AsyncMetricsClient
-from client.sync import MetricsClient
-from client.tracking import Request
+from llm_metrics_client._core import Backoff, Stats
+from llm_metrics_client.sync import MetricsClient
+from llm_metrics_client.tracking import Request
 
 __all__ = ["AsyncMetricsClient", "Backoff", "MetricsClient", "Request", "Stats"]
+
+
+def __getattr__(name: str):
+    # aiohttp is an extra: importing the package (and the sync client) must not need it.
+    if name == "AsyncMetricsClient":
+        from llm_metrics_client.aio import AsyncMetricsClient
+
+        return AsyncMetricsClient
+    raise AttributeError(f"module 'llm_metrics_client' has no attribute {name!r}")

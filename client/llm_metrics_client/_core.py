@@ -66,6 +66,8 @@ class Stats:
     rejected: int = 0      # refused by the service as invalid or conflicting (not retried)
     retries: int = 0       # failed attempts that were retried
     batches: int = 0       # successful POSTs
+    auth_failures: int = 0  # attempts the service refused with 401/403 (retried)
+    last_auth_error: str | None = None  # why, as the service said it (never the key)
 
 
 @dataclass
@@ -151,8 +153,8 @@ class ClientBase:
 
     def track(self, session_id: str, model: str, **options):
         """`with client.track(session_id, model) as req:` (`async with` works too; see
-        `client.Request`)."""
-        from client.tracking import Request  # tracking builds on this module
+        `llm_metrics_client.Request`)."""
+        from llm_metrics_client.tracking import Request  # tracking builds on this module
 
         return Request(self.emit, session_id, model, **options)
 
@@ -163,10 +165,11 @@ class Sent(NamedTuple):
 
 
 class Retry(NamedTuple):
-    """Keep the batch and try again after the backoff (5xx, 429, 401, network errors)."""
+    """Keep the batch and try again after the backoff (5xx, 429, 401/403, network errors)."""
 
     reason: str
     retry_after: float | None = None
+    auth: bool = False     # refused for the key (401/403): an operator must act
 
 
 class Drop(NamedTuple):
@@ -183,8 +186,10 @@ def outcome(batch: list[dict], status: int, body: bytes, headers) -> Sent | Retr
     if 200 <= status < 300:
         return Sent(reply.get("appended", 0), reply.get("duplicates", 0))
     reason = f"HTTP {status}: {reply.get('error') or body[:200].decode(errors='replace')}"
-    if status == 429 or status >= 500 or status in (401, 403, 408):
-        # 401 too: a wrong secret is fixed by an operator, and the bounded buffer caps the cost.
+    if status in (401, 403):
+        # Retried: a wrong key is fixed by an operator, and the bounded buffer caps the cost.
+        return Retry(reason, _retry_after(headers), auth=True)
+    if status == 429 or status >= 500 or status == 408:
         return Retry(reason, _retry_after(headers))
     if status == 413 and len(batch) > 1:
         return Drop(reason, [], batch)  # keep all: the caller halves its batch size
@@ -219,10 +224,22 @@ def after_drop(result: Drop, batch: list[dict], batch_size: int,
 
 
 def retry_delay(stats: "Stats", backoff: "Backoff", attempt: int, result: Retry) -> float:
-    """Count a retry and say how long to wait before it (the service's `Retry-After` wins)."""
+    """Count a retry and say how long to wait before it (the service's `Retry-After` wins).
+
+    A refused key is a WARNING the first time (with the service's reason) and is kept in
+    `stats.auth_failures` / `stats.last_auth_error`; other retries are INFO.
+    """
     stats.retries += 1
     delay = backoff.delay(attempt, result.retry_after)
-    log.info("llm-metrics: %s; retrying in %.1f s", result.reason, delay)
+    if result.auth:
+        if not stats.auth_failures:
+            log.warning("llm-metrics: the service refused the client's key (%s); events are "
+                        "kept and retried until the key is fixed or the buffer is full",
+                        result.reason)
+        stats.auth_failures += 1
+        stats.last_auth_error = result.reason
+    else:
+        log.info("llm-metrics: %s; retrying in %.1f s", result.reason, delay)
     return delay
 
 

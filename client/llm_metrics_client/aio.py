@@ -12,7 +12,7 @@ import contextlib
 
 import aiohttp
 
-from client._core import (HEADER, ClientBase, Drop, Retry, Sent, after_drop,
+from llm_metrics_client._core import (HEADER, ClientBase, Drop, Retry, Sent, after_drop,
                           delivered, encode, log, outcome, retry_delay,
                           serialisable)
 

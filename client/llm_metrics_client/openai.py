@@ -2,8 +2,8 @@
 
 ```python
 from openai import OpenAI
-from client import MetricsClient
-from client.openai import instrument
+from llm_metrics_client import MetricsClient
+from llm_metrics_client.openai import instrument
 
 llm = instrument(OpenAI(), MetricsClient(url, secret), session_id="chat-42")
 llm.chat.completions.create(model="gpt-4o-mini", messages=[...])   # tracked, nothing else changes
@@ -29,8 +29,8 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from client._core import log
-from client.tracking import Request
+from llm_metrics_client._core import log
+from llm_metrics_client.tracking import Request
 
 PROVIDER = "openai"
 

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 import weakref
 
-from client._core import (HEADER, ClientBase, Drop, Retry, Sent, after_drop,
+from llm_metrics_client._core import (HEADER, ClientBase, Drop, Retry, Sent, after_drop,
                           delivered, encode, log, outcome, retry_delay,
                           serialisable)
 

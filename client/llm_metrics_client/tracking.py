@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from client._core import new_id, now
+from llm_metrics_client._core import new_id, now
 
 # Optional fields of a completed request that are sent only when the caller set them.
-_COMPLETED_EXTRAS = ("time_to_first_token_ms", "cached_prompt_tokens", "reasoning_tokens",
-                     "finish_reason", "cost_usd")
+_COMPLETED_EXTRAS = ("time_to_first_token_ms", "cached_prompt_tokens",
+                     "cache_write_prompt_tokens", "reasoning_tokens", "finish_reason", "cost_usd")
 
 
 class Request:
@@ -41,6 +41,7 @@ class Request:
         self.has_tool_calls = False
         self.time_to_first_token_ms: float | None = None
         self.cached_prompt_tokens: int | None = None
+        self.cache_write_prompt_tokens: int | None = None
         self.reasoning_tokens: int | None = None
         self.finish_reason: str | None = None
         self.cost_usd: float | None = None

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from client import AsyncMetricsClient, Backoff, MetricsClient
-from client._core import now
+from llm_metrics_client import AsyncMetricsClient, Backoff, MetricsClient
+from llm_metrics_client._core import now
 from tests.http_stubs import SEEN, ThreadedApp, flaky_proxy, read_log
 from tests.server import SECRET, ServerProcess, free_port
 

@@ -8,8 +8,8 @@ import uuid
 import openai
 import pytest
 
-from client import AsyncMetricsClient, MetricsClient
-from client.openai import instrument
+from llm_metrics_client import AsyncMetricsClient, MetricsClient
+from llm_metrics_client.openai import instrument
 from tests.http_stubs import (FIRST_TOKEN_DELAY_S, REQUESTS, USAGE, WORDS, ThreadedApp,
                               openai_stub, read_log)
 from tests.server import SECRET, ServerProcess

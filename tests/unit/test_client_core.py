@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from client._core import Backoff, Buffer, Drop, Retry, Sent, Stats, outcome
+from llm_metrics_client._core import Backoff, Buffer, Drop, Retry, Sent, Stats, outcome
 
 BATCH = [{"n": i} for i in range(4)]
 
