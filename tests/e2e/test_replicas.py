@@ -2,38 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import threading
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests import factories
-from tests.postgres import schema_for_processes
+from tests.postgres import DSN, schema_for_processes
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 
-def replica(tmp: Path, name: str, url: str) -> ServerProcess:
-    """A replica with its own snapshot and log file (named after `name`) on the shared log."""
+def replica(tmp: Path, name: str, url: str, **env: str) -> ServerProcess:
+    """A replica with its own facts and log file (named after `name`) on the shared log; its
+    connections carry `application_name=llm-<name>`, so a test can find them."""
     # The first argument only names the log file; LLM_METRICS_DB (the env) wins over it.
-    return ServerProcess(tmp / f"{name}.db", LLM_METRICS_DB=url,
-                         LLM_METRICS_SNAPSHOT=str(tmp / f"{name}.snapshot"),
-                         LLM_METRICS_SNAPSHOT_EVERY="0")
+    return ServerProcess(tmp / f"{name}.db", LLM_METRICS_DB=f"{url}&application_name=llm-{name}",
+                         LLM_METRICS_FACTS=str(tmp / f"{name}.facts.duckdb"), **env)
 
 
 def position(server: ServerProcess) -> int:
     status, body = server.request("GET", "/health")
     assert status == 200, body
+    assert body["lag_s"] >= 0  # a replica of a shared log says how far behind it may be
     return body["position"]
 
 
 def converge(servers: list[ServerProcess], expected: int, timeout: float = 10.0) -> None:
+    """Wait until every replica is healthy and at `expected`."""
     deadline = time.monotonic() + timeout
-    while [position(s) for s in servers] != [expected] * len(servers):
-        assert time.monotonic() < deadline, [position(s) for s in servers]
+    while (answers := [s.request("GET", "/health") for s in servers]) != [
+            (200, body) for _, body in answers] or [b["position"] for _, b in answers] != [
+            expected] * len(servers):
+        assert time.monotonic() < deadline, answers
         time.sleep(0.02)
 
 
@@ -120,18 +126,62 @@ def test_visibility_on_the_other_replicas_is_fast(cluster):
     assert statistics.median(lags) < 0.5
 
 
-def test_a_restarted_replica_uses_its_snapshot_and_catches_up(tmp_path):
+def test_a_restarted_replica_continues_from_its_facts_and_catches_up(tmp_path):
     with schema_for_processes() as url:
         with replica(tmp_path, "a", url) as a, replica(tmp_path, "b", url) as b:
             status, body = a.request("POST", "/events", factories.seed_session("before"))
             assert status == 201
-            assert a.stop() == 0  # a clean stop writes a's snapshot
-            assert (tmp_path / "a.snapshot").exists()
-            assert not (tmp_path / "b.snapshot").exists()
+            assert a.stop() == 0
             status, body = b.request("POST", "/events", factories.seed_session("while-down"))
             assert status == 201
             a.start()
-            assert f"loaded snapshot at position {body['last_position'] - 30}" in a.log()
+            # Only what was appended while it was down is applied at start.
+            assert "applied 30 events" in a.log()
             assert position(a) == body["last_position"]  # caught up before listening
             assert (a.request("GET", "/events/metrics")[1]
                     == b.request("GET", "/events/metrics")[1])
+
+
+def _terminate(application_name: str) -> int:
+    async def run() -> int:
+        admin = await asyncpg.connect(DSN)
+        try:
+            return await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1", application_name)
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def test_a_replica_whose_connections_are_terminated_recovers_by_itself(tmp_path):
+    """Issue 12 item 5: `pg_terminate_backend` on every connection of replica b, three times,
+    then for a while without pause: b says 503 with the reason while it cannot follow, keeps
+    no stale 200, and follows the log again by itself (nothing restarted)."""
+    with schema_for_processes() as url:
+        with replica(tmp_path, "a", url) as a, \
+                replica(tmp_path, "b", url, LLM_METRICS_TAIL_POLL="0.1") as b:
+            for round_ in range(3):
+                assert _terminate("llm-b") >= 1
+                status, body = a.request("POST", "/events", [
+                    factories.started(f"kill-{round_}", "r"), factories.completed(f"kill-{round_}", "r")])
+                assert status == 201, body
+                converge([a, b], body["last_position"])
+            # Keep killing: every read of b fails, and /health says so.
+            reasons = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not reasons:
+                _terminate("llm-b")
+                status, health = b.request("GET", "/health")
+                if status == 503:
+                    reasons.append(health["reason"])
+            assert reasons and "not following the log" in reasons[0], reasons
+            status, body = a.request("POST", "/events", factories.seed_session("after-kills"))
+            assert status == 201
+            converge([a, b], body["last_position"])
+            assert (b.request("GET", "/events/metrics/session/after-kills")[1]
+                    == a.request("GET", "/events/metrics/session/after-kills")[1])
+            status, body = b.request("POST", "/events", factories.started("own-after", "r"))
+            assert status == 201, body
+            assert "cannot follow the log" in b.log() and "following the log again" in b.log()
