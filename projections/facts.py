@@ -132,6 +132,12 @@ def merge(started: tuple, terminal: tuple) -> tuple:
     ) + tuple(terminal[_MEASURED]) + (sorted(set(started[_USERS]) | set(terminal[_USERS])),)
 
 
+def _same_kind(a: tuple, b: tuple) -> bool:
+    """Two started, or two terminal, events of one request. The store never keeps both (its
+    request slots); a log that has them anyway keeps the first, so it still applies."""
+    return (a[_STATUS] == 0) == (b[_STATUS] == 0)
+
+
 def _table(facts: Iterable[tuple], schema: pa.Schema = FACT_SCHEMA) -> pa.Table:
     columns = list(zip(*facts))
     if not columns:
@@ -247,10 +253,13 @@ class Facts:
         for position, record in rows:
             half = half_of(position, record)
             key = (half[_SESSION], half[_REQUEST])
-            other = halves.pop(key, None)
+            other = halves.get(key)
+            if key in done or (other is not None and _same_kind(other, half)):
+                continue  # a second event of one kind: see _same_kind
             if other is None:
                 halves[key] = half
             else:  # both events in this batch
+                del halves[key]
                 done[key] = merge(other, half) if other[_STATUS] == 0 else merge(half, other)
         newest = max(self.newest_event_us, max(r.timestamp_us for _, r in rows))
         last_position, last_key = rows[-1][0], _event_key(rows[-1][1])
@@ -267,7 +276,9 @@ class Facts:
             gone_pending, gone_requests = [], []
             for row in stored:
                 key = (row[_SESSION], row[_REQUEST])
-                half = halves.pop(key)
+                half = halves.pop(key, None)
+                if half is None or _same_kind(row, half):
+                    continue
                 if row[_STATUS] == 0:
                     gone_pending.append(row[_START_POS])
                     done[key] = merge(tuple(row), half)

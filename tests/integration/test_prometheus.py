@@ -13,17 +13,14 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-import msgspec
 import pytest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from projections.prometheus import BUCKETS_S, PrometheusState
-from projections.replay import ReadModels, replay
-from service import keys
 from service.app import create_app
+from service.prometheus import BUCKETS_S
 from tests import factories
 from tests.conftest import AUTH
 from tests.server import ROOT, ServerProcess, free_port
@@ -157,32 +154,34 @@ async def test_openmetrics_when_the_accept_header_asks(loaded):
         assert openmetrics[key] == classic[key]
 
 
-async def test_auth_by_default_and_public_when_configured(aiohttp_client, config, loaded):
+async def test_auth_by_default_and_public_when_configured(aiohttp_client, config, loaded,
+                                                          tmp_path):
     assert (await loaded.get("/metrics")).status == 401
-    open_app = await aiohttp_client(create_app(replace(config, prom_public=True)))
+    open_app = await aiohttp_client(create_app(replace(config, prom_public=True,
+                                                       db=str(tmp_path / "public.db"))))
     assert (await open_app.get("/metrics")).status == 200
     assert (await open_app.get("/events/metrics")).status == 401
 
 
-async def test_session_labels_only_when_asked(aiohttp_client, config):
-    client = await aiohttp_client(create_app(replace(config, prom_session_labels=True)))
-    r = await client.post("/events", json=_events(), headers=AUTH)
+async def test_models_past_the_cap_add_up_in_other(aiohttp_client, config):
+    """Issue 12 (4): many distinct models cannot make /metrics unbounded; the top N by
+    requests keep their series, the rest sum into model="other"."""
+    client = await aiohttp_client(create_app(replace(config, top_models=3)))
+    events = []
+    for i in range(10):
+        for j in range(i + 1):  # model m9 has the most requests
+            events.append(factories.completed(f"s{i}", f"r{j}", model=f"m{i}",
+                                              prompt_tokens=1, completion_tokens=1))
+    r = await client.post("/events", json=events, headers=AUTH)
     assert r.status == 201
     _, text = await _scrape(client)
     samples = _samples(parse_text(text))
-    seed = await (await client.get("/events/metrics/session/seed", headers=AUTH)).json()
-    assert _value(samples, "llm_session_requests_total", session_id="seed", model="gpt-4",
-                  status="ok") == seed["successful_requests"] == 14
-    assert _value(samples, "llm_session_tokens_total", session_id="seed", model="gpt-4",
-                  type="prompt") == seed["total_prompt_tokens"]
-
-
-async def test_histogram_projection_replays_and_snapshots_to_the_live_state(loaded):
-    live = loaded.app[keys.MODELS].prometheus.state
-    replayed = ReadModels()
-    await replay(loaded.app[keys.STORE], replayed)
-    assert replayed.prometheus.state == live
-    assert msgspec.msgpack.decode(msgspec.msgpack.encode(live), type=PrometheusState) == live
+    models = {dict(labels)["model"] for name, labels in samples if name == "llm_requests_total"}
+    assert models == {"m9", "m8", "m7", "other"}
+    assert _value(samples, "llm_requests_total", model="other", status="ok") == sum(range(1, 8))
+    total = sum(v for (name, labels), v in samples.items()
+                if name == "llm_requests_total" and dict(labels)["status"] == "ok")
+    assert total == len(events)
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None,

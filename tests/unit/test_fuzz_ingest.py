@@ -18,7 +18,13 @@ from events import codec
 from events.records import Completed
 from events.schema import MAX_TOKENS
 from service.ingest import EARLIEST_US
-from projections.replay import ReadModels
+import asyncio
+import atexit
+import tempfile
+
+from projections.engine import Engine
+from projections.facts import Facts
+from projections.prices import default_prices
 from service.ingest import parse_body
 from service.problems import ApiError
 from tests import factories as f
@@ -29,7 +35,11 @@ fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
 CONTENT_TYPES = ["application/json", "application/x-ndjson"]
 NOW_US = 1_800_000_000_000_000  # 2027-01-15: fixed, so "in the future" does not depend on today
 MAX_COUNT = MAX_TOKENS
-MODELS = ReadModels()
+# One real facts file for the whole module: every accepted event must apply to it.
+_FACTS_DIR = tempfile.TemporaryDirectory()
+_ENGINE = Engine.open(f"{_FACTS_DIR.name}/facts.duckdb")
+MODELS = asyncio.run(Facts.open(_ENGINE, default_prices()))
+atexit.register(_ENGINE.close)
 POSITIONS = iter(range(1, 10**9))
 
 
@@ -56,7 +66,7 @@ def check(body: bytes, content_type: str) -> list:
             assert 0 <= record.completion_tokens <= MAX_COUNT
             assert 0 <= record.duration_ms <= 1e12
             assert 0 <= record.total_tokens <= MAX_COUNT
-        MODELS.apply(next(POSITIONS), record)
+    asyncio.run(MODELS.apply_rows([(next(POSITIONS), e.record) for e in events]))
     return events
 
 

@@ -1,37 +1,70 @@
-"""The projection's rules, one at a time, through the real ingest -> record -> fold path."""
+"""The metrics rules, one at a time, through the real ingest -> record -> facts -> query path
+(a real DuckDB file per case)."""
 
 from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
 
 import msgspec
 import pytest
 
-from projections import views
-from projections.prices import PriceTable
-from projections.replay import ReadModels
-from service.ingest import prepare
 from events.schema import WireEvent
+from projections import query
+from projections.engine import Engine
+from projections.facts import Facts
+from projections.prices import PriceTable, default_prices
+from projections.query import Question, Scope
+from service.ingest import prepare
 from tests import factories as f
 
 _decode = msgspec.json.Decoder(WireEvent)
+NOW_US = 2**62  # staleness judged against the newest event time, not the test's clock
 
 
-def fold(events: list[dict], prices: PriceTable | None = None) -> ReadModels:
-    models = ReadModels(prices)
-    wire = [_decode.decode(msgspec.json.encode(e)) for e in events]
-    for position, event in enumerate(prepare(wire), 1):
-        models.apply(position, event.record)
-    return models
+class Folded:
+    """Request facts of some events, in a DuckDB file of its own."""
+
+    def __init__(self, prices: PriceTable | None):
+        self._dir = tempfile.TemporaryDirectory()
+        self.engine = Engine.open(Path(self._dir.name) / "facts.duckdb")
+        self.facts = asyncio.run(Facts.open(self.engine, prices or default_prices()))
+        self.position = 0
+
+    def add(self, events: list[dict]) -> None:
+        wire = [_decode.decode(msgspec.json.encode(e)) for e in events]
+        rows = []
+        for event in prepare(wire):
+            self.position += 1
+            rows.append((self.position, event.record))
+        asyncio.run(self.facts.apply_rows(rows))
+
+    def __del__(self):
+        self.engine.close()
+        self._dir.cleanup()
 
 
-def session(models: ReadModels, sid: str = "s1", cutoff: int = -(2**62)) -> dict:
-    state = models.metrics.state
-    return msgspec.to_builtins(views.session_metrics(state, sid, cutoff, models.prices))
+def fold(events: list[dict], prices: PriceTable | None = None) -> Folded:
+    folded = Folded(prices)
+    folded.add(events)
+    return folded
 
 
-def totals(models: ReadModels, cutoff: int = -(2**62), **where) -> dict:
-    from projections.filters import EventFilter
-    return msgspec.to_builtins(views.global_metrics(models.metrics.state, cutoff, models.prices,
-                                                    EventFilter(**where)))
+def _scope(stale_after_s: float = 10**9, **where) -> Scope:
+    return Scope(question=Question(where={k: (v,) for k, v in where.items()}),
+                 stale_after_us=int(stale_after_s * 1e6), now_us=NOW_US)
+
+
+def session(models: Folded, sid: str = "s1", stale_after_s: float = 10**9) -> dict:
+    answers = asyncio.run(query.overview(models.facts, _scope(stale_after_s), "session_id",
+                                         [sid]))
+    return msgspec.to_builtins(query.session_metrics(sid, answers[sid]))
+
+
+def totals(models: Folded, stale_after_s: float = 10**9, **where) -> dict:
+    answers = asyncio.run(query.overview(models.facts, _scope(stale_after_s, **where)))
+    return msgspec.to_builtins(query.global_metrics(answers[None]))
 
 
 def test_the_quickstart_example_reproduces_exactly():
@@ -63,9 +96,9 @@ def test_in_flight_until_finished_in_either_order():
         "in_flight_requests"] == 1
 
 
-def test_averages_are_over_successful_requests_and_zero_without_any():
+def test_averages_are_over_successful_requests_and_null_without_any():
     got = session(fold([f.failed()]))
-    assert got["average_duration_ms"] == 0 and got["average_tokens_per_request"] == 0
+    assert got["average_duration_ms"] is None and got["average_tokens_per_request"] is None
     assert got["duration_ms_percentiles"] is None and got["output_tokens_per_second"] is None
 
 
@@ -78,12 +111,28 @@ def test_total_tokens_defaults_and_explicit_values_are_summed():
 def test_stale_requests_are_not_in_flight():
     models = fold([f.started(t=0), f.started(request_id="r2", t=590), f.completed(
         request_id="r3", t=700)])
-    newest = models.metrics.state.newest_event_us
-    cutoff = newest - 600 * 1_000_000
-    got = session(models, cutoff=cutoff)
+    got = session(models, stale_after_s=600)
     assert (got["in_flight_requests"], got["stale_requests"]) == (1, 1)
-    assert (totals(models, cutoff)["in_flight_requests"],
-            totals(models, cutoff)["stale_requests"]) == (1, 1)
+    assert (totals(models, 600)["in_flight_requests"],
+            totals(models, 600)["stale_requests"]) == (1, 1)
+
+
+def test_one_event_stamped_in_the_future_does_not_turn_pending_requests_stale():
+    """Issue 12 (10): staleness is judged against the newest event time, but never past the
+    clock, so a client with a skewed clock cannot make everyone's requests stale."""
+    import time
+    now_s = time.time()
+    models = fold([
+        dict(f.started(), timestamp=_iso(now_s - 5)),
+        dict(f.started(request_id="skewed", session_id="s9"),
+             timestamp=_iso(now_s + 23 * 3600))])
+    answers = asyncio.run(query.overview(models.facts, Scope(stale_after_us=600_000_000)))
+    assert (answers[None]["in_flight_requests"], answers[None]["stale_requests"]) == (2, 0)
+
+
+def _iso(epoch_s: float) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat()
 
 
 PRICES = PriceTable.from_json(msgspec.json.encode({"models": {
@@ -168,53 +217,49 @@ def test_output_tokens_per_second_excludes_time_to_first_token():
 def test_a_session_read_twice_sees_requests_added_in_between():
     models = fold([f.completed(request_id="1")])
     assert session(models)["total_requests"] == 1
-    wire = [_decode.decode(msgspec.json.encode(f.failed(request_id="2")))]
-    for event in prepare(wire):
-        models.apply(2, event.record)
+    models.add([f.failed(request_id="2")])
     assert session(models)["total_requests"] == 2 and session(models)["failed_requests"] == 1
 
 
-async def test_a_projection_that_fails_names_the_position(store, monkeypatch):
-    from projections.replay import UnfoldableLog, replay
+async def test_facts_that_cannot_take_a_page_name_the_position(store, tmp_path, monkeypatch):
+    from projections import facts as facts_module
+    from projections.replay import UnfoldableLog, catch_up
     wire = [_decode.decode(msgspec.json.encode(e)) for e in [f.started(), f.completed()]]
     await store.append([prepare(wire)])
-    models = ReadModels()
+    engine = Engine.open(tmp_path / "facts.duckdb")
+    try:
+        facts = await Facts.open(engine, default_prices())
 
-    def broken(record):
-        raise ZeroDivisionError("boom")
+        def broken(position, record):
+            raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(models.projections[1], "apply", broken)
-    with pytest.raises(UnfoldableLog, match="position 1 decodes but cannot be applied"):
-        await replay(store, models)
+        monkeypatch.setattr(facts_module, "half_of", broken)
+        with pytest.raises(UnfoldableLog, match="after position 0 decode but cannot be applied"):
+            await catch_up(store, facts)
+        assert facts.position == 0
+    finally:
+        engine.close()
 
 
-def test_a_long_session_is_compacted_and_answers_the_same(monkeypatch):
-    from projections import metrics
+def test_a_long_session_answers_like_its_requests_one_by_one():
+    """Many requests in one session, read between batches: every read equals the facts of
+    the events so far (no per-session state to go stale)."""
     events = []
-    for i in range(3 * metrics.COMPACT_AT + 5):
+    for i in range(200):
         events.append(f.completed(request_id=str(i), duration_ms=100 + i, prompt_tokens=i,
                                   model="a" if i % 3 else "b", t=i))
         if i % 7 == 0:
             events.append(f.failed(request_id=f"x{i}", model="b", t=i, error_type=f"E{i % 2}"))
     whole = fold(events)
-    state = whole.metrics.state.sessions["s1"]
-    assert state.compacted is not None
-    assert len(state.finished) < metrics.COMPACT_AT * metrics.WIDTH
-    # Read between compactions too: the cached answer must follow each one.
     step = fold(events[:40])
     before = session(step)
-    wire = [_decode.decode(msgspec.json.encode(e)) for e in events[40:]]
-    for position, event in enumerate(prepare(wire), 41):
-        step.apply(position, event.record)
-        if position % 9 == 0:
-            session(step)
+    for start in range(40, len(events), 37):
+        step.add(events[start:start + 37])
+        session(step)
     assert session(step) == session(whole) != before
     got = session(whole)
     assert got["total_requests"] == len(events)
     assert got["total_prompt_tokens"] == sum(e.get("prompt_tokens", 0) for e in events
                                              if e["type"] == "LLM_REQUEST_COMPLETED")
     assert set(got["by_model"]) == {"a", "b"}
-    monkeypatch.setattr(metrics, "COMPACT_AT", 10**9)
-    never_compacted = fold(events)
-    assert never_compacted.metrics.state.sessions["s1"].compacted is None
-    assert session(never_compacted) == got
+    assert got["errors_by_type"] == {"E0": 15, "E1": 14}
