@@ -12,7 +12,7 @@ from typing import Callable
 
 import msgspec
 
-from events.records import Completed, Failed, Record, Started
+from events.records import Completed, Erased, Failed, Record, Started
 from events.schema import LlmRequestCompleted, LlmRequestFailed, LlmRequestStarted, WireEvent
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -28,8 +28,9 @@ TYPE_NAMES: dict[type, str] = {
     Started: "LLM_REQUEST_STARTED",
     Completed: "LLM_REQUEST_COMPLETED",
     Failed: "LLM_REQUEST_FAILED",
+    Erased: "ERASED",
 }
-TYPE_CODES: dict[type, int] = {Started: 1, Completed: 2, Failed: 3}
+TYPE_CODES: dict[type, int] = {Started: 1, Completed: 2, Failed: 3, Erased: 4}
 
 
 class UndecodableEvent(Exception):

@@ -36,8 +36,11 @@ from typing import Callable, Sequence
 import asyncpg
 
 import migrations
+from events.erasure import tombstone, traces
+from events.records import erased_id_hash
 from events.store import (
     Accepted,
+    Erasure,
     NewEvent,
     Rejected,
     StoredRow,
@@ -213,19 +216,23 @@ class PostgresStore:
         """
         # The first statement takes the transaction id, which fixes the positions; what it
         # reads is this statement's snapshot: every append that committed before it.
-        xid, ids, payloads, positions, taken = await conn.fetchrow(
+        by_hash = {erased_id_hash(e.event_id): e.event_id for batch in batches for e in batch}
+        xid, ids, payloads, positions, taken, erased = await conn.fetchrow(
             "SELECT pg_current_xact_id()::text::bigint, e.ids, e.payloads, e.positions,"
-            "       ARRAY(SELECT slot FROM request_slots WHERE slot = ANY($2::bytea[]))"
+            "       ARRAY(SELECT slot FROM request_slots WHERE slot = ANY($2::bytea[])),"
+            "       ARRAY(SELECT id_hash FROM erased_events WHERE id_hash = ANY($3::bytea[]))"
             " FROM (SELECT array_agg(event_id) AS ids, array_agg(payload) AS payloads,"
             "              array_agg(position) AS positions"
             "       FROM events WHERE event_id = ANY($1::bytea[])) AS e",
             list({e.event_id.encode() for batch in batches for e in batch}),
             list({e.slot for batch in batches for e in batch}),
+            list(by_hash),
         )
         stored = {event_id.decode(): payload
                   for event_id, payload in zip(ids or (), payloads or ())}
         where = {event_id.decode(): p for event_id, p in zip(ids or (), positions or ())}
-        plan = plan_append(batches, stored, set(taken), xid << POSITION_BITS)
+        plan = plan_append(batches, stored, set(taken), xid << POSITION_BITS,
+                           {by_hash[h] for h in erased})
         if plan.rows:
             # Rows and slots in index order, so two appends racing on the same keys wait for
             # each other instead of deadlocking.
@@ -305,6 +312,36 @@ class PostgresStore:
         conn.add_termination_listener(lambda _conn: on_append())
         self._listener = conn
 
+    async def erase(self, positions: Sequence[int], scope: str, key_hash: str) -> Erasure:
+        """See `EventStore.erase`. The tombstone takes this transaction's position like any
+        append; then `VACUUM` prunes the dead rows, which is all PostgreSQL offers short of
+        rewriting the table (docs/event-log.md, "Erasure")."""
+        try:
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    xid = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
+                    rows = await conn.fetch(
+                        "DELETE FROM events WHERE type != 4 AND position = ANY($1::bigint[])"
+                        " RETURNING position, event_id, payload", list(positions))
+                    if not rows:
+                        return Erasure(0, 0, [])
+                    found = traces((r["event_id"].decode(), r["payload"]) for r in rows)
+                    tomb = tombstone([r["position"] for r in rows], scope, key_hash)
+                    position = (xid << POSITION_BITS) + 1
+                    await conn.execute(
+                        "WITH gone AS (DELETE FROM request_slots WHERE slot = ANY($1::bytea[]))"
+                        " INSERT INTO erased_events (id_hash) SELECT unnest($2::bytea[])"
+                        " ON CONFLICT DO NOTHING", found.slots, found.id_hashes)
+                    await conn.execute(
+                        "INSERT INTO events (position, event_id, type, payload, recorded_at)"
+                        " VALUES ($1, $2, $3, $4, $5)", position, tomb.event_id.encode(),
+                        tomb.type_code, tomb.payload, time.time_ns() // 1000)
+                await self._notify(conn)
+                await conn.execute("VACUUM events, request_slots")
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc) from exc
+        return Erasure(len(rows), position, [(position, tomb)])
+
     async def close(self) -> None:
         if self._listener is not None:
             listener, self._listener = self._listener, None
@@ -321,7 +358,9 @@ def _newest_of(result: Accepted | Rejected, batch: Sequence[NewEvent],
     included: once a replica has applied that position, it has applied the whole batch."""
     if isinstance(result, Rejected) or not batch:
         return result
-    return result._replace(last_position=max(where[e.event_id] for e in batch))
+    # An erased event id has no position: it adds nothing to wait for.
+    return result._replace(last_position=max(
+        (where[e.event_id] for e in batch if e.event_id in where), default=0))
 
 
 async def _ensure_schema(conn: asyncpg.Connection) -> str:

@@ -18,6 +18,7 @@ Projections fold these records; they never see the wire format.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Union
 
 import msgspec
@@ -70,5 +71,35 @@ class Failed(_Record, tag=3):
     provider: str | None = None
 
 
-Record = Union[Started, Completed, Failed]
+class Erased(msgspec.Struct, frozen=True, array_like=True, gc=False, tag=4):
+    """A tombstone: the events at `positions` were erased from the log (docs/event-log.md).
+
+    It holds no personal data: `scope` says why (`session`, `user`, `retention`), `key_hash`
+    is `erasure_key(scope, id)` (empty for retention) and `count` how many rows went.
+    Read models delete what they derived from those positions.
+    """
+
+    positions: tuple[int, ...]
+    scope: str
+    key_hash: str
+    count: int
+    erased_at_us: int
+
+
+def erasure_key(scope: str, identifier: str) -> str:
+    """The hash a tombstone keeps of the erased id: enough to tell two erasures of one id
+    apart from others, not to read the id back."""
+    return hashlib.blake2b(f"{scope}\x00{identifier}".encode("utf-8", "surrogatepass"),
+                           digest_size=16).hexdigest()
+
+
+def erased_id_hash(event_id: str) -> bytes:
+    """What the log keeps of an erased event's id, so that re-posting it is a duplicate."""
+    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16,
+                           person=b"erased-event-id").digest()
+
+
+Record = Union[Started, Completed, Failed, Erased]
+# What applications post; `Erased` is written by the log itself.
+EVENT_RECORDS: tuple[type, ...] = (Started, Completed, Failed)
 TERMINAL_RECORDS: tuple[type, ...] = (Completed, Failed)

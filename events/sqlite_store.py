@@ -14,8 +14,11 @@ from typing import Sequence
 import aiosqlite
 
 import migrations
+from events.erasure import tombstone, traces
+from events.records import erased_id_hash
 from events.store import (
     Accepted,
+    Erasure,
     NewEvent,
     Rejected,
     StoredRow,
@@ -170,6 +173,13 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
+    async def erase(self, positions: Sequence[int], scope: str, key_hash: str) -> Erasure:
+        """See `EventStore.erase`. The rows' bytes are zeroed (`secure_delete`) and the WAL,
+        which still holds them from their append, is checkpointed into the file and truncated
+        before this returns."""
+        async with self._lock:
+            return await self._in_thread(_erase, positions, scope, key_hash)
+
     async def close(self) -> None:
         try:
             await self._conn.close()
@@ -210,7 +220,7 @@ def _append(conn: sqlite3.Connection, batches: Sequence[Sequence[NewEvent]]
         slots = list({e.slot for batch in batches for e in batch})
         taken = {row[0] for row in _select_in(
             conn, "SELECT slot FROM request_slots WHERE slot IN ", slots)}
-        plan = plan_append(batches, stored, taken, last)
+        plan = plan_append(batches, stored, taken, last, _erased_ids(conn, ids, stored))
         if plan.rows:
             now = time.time_ns() // 1000
             _insert(conn, "INSERT INTO events (position, event_id, type, payload, recorded_at)",
@@ -226,6 +236,64 @@ def _append(conn: sqlite3.Connection, batches: Sequence[Sequence[NewEvent]]
             raise _translate(exc) from exc
         raise
     return plan.results
+
+
+def _erased_ids(conn: sqlite3.Connection, ids: list[str], stored: dict) -> set[str]:
+    """Those of `ids` that are not in the log because they were erased."""
+    by_hash = {erased_id_hash(i): i for i in ids if i not in stored}
+    found = _select_in(conn, "SELECT id_hash FROM erased_events WHERE id_hash IN ",
+                       list(by_hash))
+    return {by_hash[h] for (h,) in found}
+
+
+def _erase(conn: sqlite3.Connection, positions: Sequence[int], scope: str,
+           key_hash: str) -> Erasure:
+    """The erase transaction, then the scrub, in the connection's thread."""
+    try:
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+    try:
+        rows = _select_in(conn, "SELECT position, event_id, payload FROM events "
+                                "WHERE type != 4 AND position IN ", list(positions))
+        if not rows:
+            conn.execute("ROLLBACK")
+            return Erasure(0, 0, [])
+        found = traces((event_id, payload) for _, event_id, payload in rows)
+        tomb = tombstone([p for p, _, _ in rows], scope, key_hash)
+        _delete_in(conn, "DELETE FROM events WHERE position IN ", [p for p, _, _ in rows])
+        _delete_in(conn, "DELETE FROM request_slots WHERE slot IN ", found.slots)
+        _insert(conn, "INSERT OR IGNORE INTO erased_events (id_hash)",
+                [(h,) for h in found.id_hashes])
+        position = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
+        position = max(position, max(p for p, _, _ in rows)) + 1
+        conn.execute("INSERT INTO events (position, event_id, type, payload, recorded_at) "
+                     "VALUES (?, ?, ?, ?, ?)", (position, tomb.event_id, tomb.type_code,
+                                                tomb.payload, time.time_ns() // 1000))
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        if isinstance(exc, sqlite3.Error):
+            raise _translate(exc) from exc
+        raise
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+    if busy:
+        raise StoreUnavailable("the erasure is committed but the WAL, which still holds the "
+                               "erased bytes, could not be truncated (a reader holds it)")
+    return Erasure(len(rows), position, [(position, tomb)])
+
+
+def _delete_in(conn: sqlite3.Connection, sql: str, values: list) -> None:
+    for start in range(0, len(values), _CHUNK):
+        chunk = values[start:start + _CHUNK]
+        conn.execute(f"{sql}({','.join('?' * len(chunk))})", chunk)
 
 
 def _insert(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:

@@ -70,6 +70,15 @@ class Rejected(NamedTuple):
     details: list[Issue]
 
 
+class Erasure(NamedTuple):
+    """What `erase` did: how many events went, and the tombstone it appended (position 0 and
+    no row when nothing was there to erase)."""
+
+    count: int
+    position: int
+    rows: list[tuple[int, NewEvent]]
+
+
 class StoreError(Exception):
     """Base of the errors a store raises; backends translate their driver's errors into these."""
 
@@ -119,6 +128,16 @@ class EventStore(Protocol):
         """The position of the newest final event, 0 for an empty log."""
         ...
 
+    async def erase(self, positions: Sequence[int], scope: str, key_hash: str) -> Erasure:
+        """Delete the events at `positions` (those still there) with their slots, keep a hash
+        of each one's event id (re-posting it is then a duplicate) and append an `Erased`
+        tombstone naming the positions deleted, in one transaction; then make the deleted
+        bytes unreadable as far as the backend can (docs/event-log.md, "Erasure").
+
+        Nothing is appended when none of `positions` is in the log (`Erasure.position` 0).
+        """
+        ...
+
     async def close(self) -> None:
         ...
 
@@ -134,12 +153,14 @@ def plan_append(
     stored_payloads: dict[str, bytes],
     taken_slots: set[bytes],
     last_position: int,
+    erased_ids: set[str] | frozenset[str] = frozenset(),
 ) -> AppendPlan:
     """Decide, batch by batch, what to append given what the log already holds.
 
     `stored_payloads` maps the batches' event ids already in the log to their payloads and
-    `taken_slots` holds the batches' slots already filled. Shared by every backend so the
-    duplicate and conflict rules exist once.
+    `taken_slots` holds the batches' slots already filled; `erased_ids` are the batches' event
+    ids that were erased (a duplicate whatever the content: it cannot be compared any more).
+    Shared by every backend so the duplicate and conflict rules exist once.
     """
     results: list[Accepted | Rejected] = []
     rows: list[tuple[int, NewEvent]] = []
@@ -155,6 +176,9 @@ def plan_append(
             known = ids.get(event.event_id)
             if known is None:
                 known = stored_payloads.get(event.event_id)
+            if known is None and event.event_id in erased_ids:
+                duplicates += 1
+                continue
             if known is not None:
                 if known == event.payload:
                     duplicates += 1

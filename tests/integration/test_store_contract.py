@@ -11,7 +11,7 @@ import contextlib
 import pytest
 
 from events import codec
-from events.records import Completed, Failed, Started
+from events.records import Completed, Erased, Failed, Started
 from events.postgres_store import PostgresStore
 from events.sqlite_store import SQLiteStore
 from events.store import Accepted, NewEvent, Rejected, slot_key
@@ -174,3 +174,55 @@ async def test_strings_that_look_like_sql_or_are_odd(store):
     rows = await store.read(0, 10)
     assert [codec.decode(r[2]).session_id for r in rows] == odd
     assert [r[1] for r in rows] == [s[:128] for s in odd]
+
+
+# ---- erasure -------------------------------------------------------------------------------------
+
+async def test_erase_deletes_the_rows_and_appends_one_tombstone(store):
+    [result] = await store.append([[start(rid="a"), done(rid="a"), start(rid="b"),
+                                    start(sid="other", rid="a")]])
+    (pa, _), (pd, _), (pb, _), (po, _) = result.rows
+    erasure = await store.erase([pd, pa, 10**15], "session", "k")
+    assert erasure.count == 2
+    assert erasure.position > po and erasure.position == await store.last_position()
+    rows = await store.read(0, 10)
+    assert [r[0] for r in rows] == [pb, po, erasure.position]
+    tomb = codec.decode(rows[-1][2])
+    assert isinstance(tomb, Erased)
+    assert (tomb.positions, tomb.scope, tomb.key_hash, tomb.count) == ((pa, pd), "session", "k", 2)
+    [later] = await store.append([[start(rid="c")]])
+    assert later.rows[0][0] > erasure.position
+
+
+async def test_erasing_nothing_appends_nothing(store):
+    [result] = await store.append([[start()]])
+    end = await store.last_position()
+    assert (await store.erase([result.rows[0][0] + 10**12], "user", "k")).count == 0
+    first = await store.erase([result.rows[0][0]], "user", "k")
+    assert first.count == 1
+    again = await store.erase([result.rows[0][0], first.position], "user", "k")
+    assert again == (0, 0, [])  # a tombstone is never erased
+    assert [r[0] for r in await store.read(0, 10)] == [first.position]
+    assert first.position > end
+
+
+async def test_an_erased_event_posted_again_is_a_duplicate_whatever_its_content(store):
+    [result] = await store.append([[start(), done()]])
+    await store.erase([p for p, _ in result.rows], "session", "k")
+    [again] = await store.append([[start(), done(tokens=99)]])
+    assert (again.appended, again.duplicates) == (0, 2)
+    assert [codec.decode(r[2]).__class__ for r in await store.read(0, 10)] == [Erased]
+    # The request's slots went with it: the same request under new event ids is new data.
+    [fresh] = await store.append([[new(Started("s", "r", "m", 5), event_id="new-s"),
+                                   new(Completed("s", "r", "m", 6, 1.0, 1, 1, 2), "new-c")]])
+    assert fresh.appended == 2
+    assert await store.last_position() == fresh.last_position
+
+
+async def test_erase_many_positions(store):
+    [result] = await store.append([[start(rid=str(i)) for i in range(12_000)]])
+    positions = [p for p, _ in result.rows]
+    erasure = await store.erase(positions[::2], "retention", "")
+    assert erasure.count == 6_000
+    rows = await store.read(0, 100_000)
+    assert [r[0] for r in rows] == positions[1::2] + [erasure.position]
