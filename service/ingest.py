@@ -6,10 +6,13 @@ reported with the index of the event and the JSON path of the field.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 
@@ -45,6 +48,31 @@ def new_event_id() -> str:
 
 def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
+
+
+# Bodies from this size on are parsed off the event loop; smaller ones cost less than the trip
+# to a thread (a single event is about 250 bytes).
+OFF_LOOP_BYTES = 64 * 1024
+# Events per msgspec call for such bodies: a call holds the GIL (so the loop) until it returns.
+SLICE_EVENTS = 1000
+_parser: ThreadPoolExecutor | None = None
+
+
+async def parse_off_loop(body: bytes, content_type: str,
+                         max_events: int | None = None) -> list[NewEvent]:
+    """`parse_body` without holding the event loop: a big body is parsed in a thread.
+
+    One thread for every request, so several big batches take turns instead of all competing
+    with the loop for the GIL; within it, JSON arrays are decoded in slices of `SLICE_EVENTS`
+    and the Python parts give the GIL back every few milliseconds anyway.
+    """
+    global _parser
+    if len(body) < OFF_LOOP_BYTES:
+        return parse_body(body, content_type, max_events=max_events)
+    if _parser is None:
+        _parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-parse")
+    return await asyncio.get_running_loop().run_in_executor(
+        _parser, functools.partial(parse_body, body, content_type, max_events=max_events))
 
 
 def parse_body(body: bytes, content_type: str, now_us: int | None = None,
@@ -134,6 +162,10 @@ def _inconsistency(record: Record, latest_us: int) -> tuple[str, str] | None:
 def _decode_json(body: bytes, max_events: int | None = None) -> list[WireEvent]:
     start = body.lstrip()[:1]
     try:
+        if start == b"[" and len(body) >= OFF_LOOP_BYTES:
+            items = _raw_list.decode(body)
+            _check_count(len(items), max_events)
+            return _decode_slices(items)
         if start == b"[":
             try:
                 return _many.decode(body)
@@ -148,6 +180,25 @@ def _decode_json(body: bytes, max_events: int | None = None) -> list[WireEvent]:
         raise ApiError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
     except RecursionError:
         raise ApiError(400, "malformed JSON: nested too deeply", [Issue(0, "$", TOO_DEEP)]) from None
+
+
+def _decode_slices(items: list[msgspec.Raw]) -> list[WireEvent]:
+    """The items of a well-formed array, `SLICE_EVENTS` per decoder call; a slice that fails is
+    decoded item by item so that every invalid event is named."""
+    events, issues = [], []
+    for start in range(0, len(items), SLICE_EVENTS):
+        piece = items[start:start + SLICE_EVENTS]
+        try:
+            events.extend(_many.decode(b"[" + b",".join(piece) + b"]"))
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            for index, raw in enumerate(piece, start):
+                try:
+                    events.append(_decode_item(index, raw))
+                except _ItemError as exc:
+                    issues.append(exc.issue)
+    if issues:
+        raise _invalid(issues, len(items))
+    return events
 
 
 def _decode_lines(body: bytes, max_events: int | None = None) -> list[WireEvent]:

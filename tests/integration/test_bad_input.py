@@ -27,7 +27,7 @@ MAX_BODY = 256 * 1024
 
 @pytest.fixture
 async def api(aiohttp_client, tmp_path):
-    config = Config(db=str(tmp_path / "events.db"), snapshot_every=0, max_body=MAX_BODY)
+    config = Config(db=str(tmp_path / "events.db"), max_body=MAX_BODY)
     return await aiohttp_client(create_app(config))
 
 
@@ -194,7 +194,7 @@ async def test_a_year_0_event_already_in_the_log_breaks_no_reader(aiohttp_client
     await store.append([[NewEvent(f"e{i}", codec.TYPE_CODES[type(r)], codec.encode(r),
                                   slot_key(r), r) for i, r in enumerate(records)]])
     await store.close()
-    api = await aiohttp_client(create_app(Config(db=db, snapshot_every=0)))
+    api = await aiohttp_client(create_app(Config(db=db)))
 
     resp = await api.get("/events?after=0", headers=AUTH)
     assert resp.status == 200, await resp.text()
@@ -291,7 +291,7 @@ async def test_empty_bodies_are_400(api, body):
 async def test_100k_tiny_events_in_one_request(aiohttp_client, tmp_path):
     """A batch of 100k events is taken whole (with a body limit that fits it), quickly; one more
     than LLM_METRICS_MAX_EVENTS is refused naming the first event over the limit."""
-    config = Config(db=str(tmp_path / "big.db"), snapshot_every=0, max_body=16 * 1024**2)
+    config = Config(db=str(tmp_path / "big.db"), max_body=16 * 1024**2)
     api = await aiohttp_client(create_app(config))
     line = b'{"type":"LLM_REQUEST_STARTED","session_id":"s","request_id":"%d","model":"",' \
            b'"timestamp":"2026-01-01T00:00:00Z"}'
@@ -316,7 +316,7 @@ async def test_100k_tiny_events_in_one_request(aiohttp_client, tmp_path):
 ], ids=["ndjson", "array"])
 async def test_millions_of_junk_items_are_refused_at_once(aiohttp_client, tmp_path, body, kind):
     """Counted before each item is decoded: no minutes of CPU, no answer as big as the body."""
-    api = await aiohttp_client(create_app(Config(db=str(tmp_path / "junk.db"), snapshot_every=0)))
+    api = await aiohttp_client(create_app(Config(db=str(tmp_path / "junk.db"))))
     started = time.perf_counter()
     status, answer = await post(api, body, kind)
     assert (status, len(answer["details"])) == (413, 1), answer
