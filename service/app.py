@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from pathlib import Path
 from typing import Callable
 
 from aiohttp import web
@@ -11,7 +12,7 @@ from aiohttp import web
 from events.sqlite_store import SQLiteStore
 from events.store import EventStore
 from projections.prices import PriceTable
-from projections.engine import Engine
+from projections.engine import Engine, EngineError
 from projections.facts import Facts
 from projections.replay import ReplayReport, catch_up
 from service import keys
@@ -58,17 +59,32 @@ def load_prices(config: Config) -> PriceTable:
     return PriceBook.for_config(config).load()
 
 
+def open_facts_engine(config: Config) -> tuple[Engine, str | None]:
+    """The facts file, or a new one when it cannot be opened (then also why: the facts are
+    rebuilt from the log; the damaged file is kept beside it for a post-mortem)."""
+    path = Path(config.facts_path)
+    try:
+        return Engine.open(path, memory_limit=config.facts_memory), None
+    except EngineError as exc:
+        for damaged in (path, path.with_name(path.name + ".wal")):
+            if damaged.exists():
+                damaged.replace(damaged.with_name(damaged.name + ".damaged"))
+        return Engine.open(path, memory_limit=config.facts_memory), f"the file was damaged ({exc})"
+
+
 async def load_read_models(store: EventStore, config: Config, *, rebuild: bool = False,
                            **replay_options) -> tuple[Facts, ReplayReport]:
     """The request facts as of the end of the log: the persisted ones plus the log after them
     (all of it with `rebuild`, or when they are missing or of another log)."""
-    engine = Engine.open(config.facts_path, memory_limit=config.facts_memory)
+    engine, damaged = open_facts_engine(config)
     try:
         facts = await Facts.open(engine, load_prices(config))
         report = await catch_up(store, facts, rebuild=rebuild, **replay_options)
     except BaseException:
         engine.close()
         raise
+    if damaged:
+        report = report._replace(rebuilt=damaged)
     if report.rebuilt:
         log.warning("request facts %s rebuilt from the whole log: %s", config.facts_path,
                     report.rebuilt)

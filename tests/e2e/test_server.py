@@ -20,6 +20,7 @@ def metrics(server: ServerProcess) -> dict:
 
 def test_ingest_restart_and_make_replay_agree(tmp_path):
     db = tmp_path / "data" / "events.db"
+    facts = db.with_name("events.db.facts.duckdb")
     events = f.seed_session("abc-123") + f.seed_session("team/a b") + [
         f.started(session_id="open", request_id="x")]
     with ServerProcess(db) as server:
@@ -29,12 +30,13 @@ def test_ingest_restart_and_make_replay_agree(tmp_path):
             "GET", "/events/metrics/session/" + urllib.parse.quote("team/a b", safe=""))
         assert status == 200 and session["average_duration_ms"] == 3214.29
         before = metrics(server)
-        assert server.stop() == 0  # SIGTERM: clean shutdown writes a snapshot
-    assert db.with_name("events.db.snapshot").exists()
+        assert server.stop() == 0
+    assert facts.exists()
 
     with ServerProcess(db) as server:
         assert metrics(server) == before
-        assert "loaded snapshot at position" in server.log()
+        # The facts persist with their position: startup applies only the log after it.
+        assert "applied 0 events" in server.log()
 
     run = subprocess.run(["make", "replay"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "LLM_METRICS_DB": str(db)}, timeout=300)
@@ -43,16 +45,66 @@ def test_ingest_restart_and_make_replay_agree(tmp_path):
 
     with ServerProcess(db) as server:
         assert metrics(server) == before
-        # New events after the replay's snapshot are replayed on top of it.
         status, _ = server.request("POST", "/events", [f.completed(session_id="open",
                                                                    request_id="x")])
         assert status == 201
         after = metrics(server)
         assert after["total"]["in_flight_requests"] == 0
-        server.kill()  # no clean shutdown: the snapshot is now behind the log
+        server.kill()  # kill -9: no clean shutdown, no final checkpoint of the facts
 
     with ServerProcess(db) as server:
         assert metrics(server) == after
+
+
+def test_a_crash_between_the_log_commit_and_the_facts_is_repaired_at_startup(tmp_path):
+    """Events committed to the log but never applied to the facts (the process died in
+    between, here made certain by appending with the store while no server runs) are applied
+    by the next startup, and the answers equal a full rebuild's."""
+    import asyncio
+
+    import msgspec
+
+    from events.schema import WireEvent
+    from events.sqlite_store import SQLiteStore
+    from service.ingest import prepare
+
+    db = tmp_path / "events.db"
+    with ServerProcess(db) as server:
+        assert server.request("POST", "/events", f.seed_session("s1"))[0] == 201
+        server.kill()
+
+    async def append_behind_the_facts():
+        store = await SQLiteStore.open(db)
+        try:
+            wire = [msgspec.json.decode(msgspec.json.encode(e), type=WireEvent)
+                    for e in f.seed_session("s2") + [f.failed(session_id="s1", request_id="z")]]
+            await store.append([prepare(wire)])
+        finally:
+            await store.close()
+
+    asyncio.run(append_behind_the_facts())
+    with ServerProcess(db) as server:
+        repaired = metrics(server)
+        assert repaired["total"]["total_sessions"] == 2
+        assert repaired["total"]["failed_requests"] == 3
+        assert "applied 31 events" in server.log()
+    run = subprocess.run(["make", "replay"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "LLM_METRICS_DB": str(db)}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with ServerProcess(db) as server:
+        assert metrics(server) == repaired
+
+
+def test_a_damaged_facts_file_is_rebuilt_from_the_log(tmp_path):
+    db = tmp_path / "events.db"
+    with ServerProcess(db) as server:
+        assert server.request("POST", "/events", f.seed_session("s1"))[0] == 201
+        before = metrics(server)
+    facts = db.with_name("events.db.facts.duckdb")
+    facts.write_bytes(b"not a database" * 1000)
+    with ServerProcess(db) as server:
+        assert metrics(server) == before
+        assert "rebuilt from the whole log" in server.log()
 
 
 def test_default_secret_is_refused_off_loopback(tmp_path):
