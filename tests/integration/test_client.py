@@ -242,3 +242,44 @@ async def test_unserialisable_events_are_dropped_not_fatal(server, caplog):
     assert "not JSON-serialisable" in caplog.text
     assert sorted(e["request_id"] for e in of_session(server, s)) == [
         "AsyncMetricsClient-ok", "MetricsClient-ok"]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_refused_key_is_one_warning_with_the_reason_and_is_in_stats(server, caplog,
+                                                                           flavour):
+    s = sid()
+    event = {"type": "LLM_REQUEST_STARTED", "session_id": s, "request_id": "r1", "model": "m",
+             "timestamp": "2026-01-01T00:00:00Z", "event_id": f"{s}-1"}
+    with caplog.at_level(logging.INFO, logger="llm_metrics.client"):
+        if flavour == "sync":
+            metrics = MetricsClient(server.url, "not-a-key", flush_interval=0.01, backoff=FAST)
+            metrics.emit(event)
+            assert not metrics.flush(1.0)
+            metrics.close(0.1)
+        else:
+            metrics = AsyncMetricsClient(server.url, "not-a-key", flush_interval=0.01,
+                                         backoff=FAST)
+            metrics.emit(event)
+            assert not await metrics.flush(1.0)
+            await metrics.close(0.1)
+    assert metrics.stats.auth_failures >= 2  # retried, as the README says
+    assert "401" in metrics.stats.last_auth_error and "not a configured key" in \
+        metrics.stats.last_auth_error
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and "refused the client's key" in r.getMessage()]
+    assert len(warnings) == 1 and "not a configured key" in warnings[0].getMessage()
+    assert "not-a-key" not in caplog.text
+
+
+def test_the_sync_client_and_the_wrappers_import_without_aiohttp():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['aiohttp'] = None\n"
+            "import llm_metrics_client, llm_metrics_client.openai, llm_metrics_client.anthropic\n"
+            "from llm_metrics_client import MetricsClient\n"
+            "try:\n    llm_metrics_client.AsyncMetricsClient\nexcept ImportError:\n"
+            "    print('async needs aiohttp')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "async needs aiohttp"

@@ -110,7 +110,7 @@ def test_recorded_json_export_fixture(server):
     # The HTTP root span is not a GenAI span: it is ignored, and the answer says so.
     answer = json.loads(raw)
     assert answer["partialSuccess"]["rejectedSpans"] == 0
-    assert "1 spans are not GenAI spans" in answer["partialSuccess"]["errorMessage"]
+    assert "1 spans are not LLM calls" in answer["partialSuccess"]["errorMessage"]
     got = session(server, CONVERSATION)
     assert {k: got[k] for k in EXPECTED} == EXPECTED
     assert got["first_seen"] == "2026-01-01T00:00:00Z"
@@ -251,7 +251,8 @@ async def test_span_outcomes_are_counted(client):
     r = await client.post("/v1/traces", json=_export_with([ignored, genai, tool]), headers=AUTH)
     assert r.status == 200
     counts = client.app[keys.OTLP_SPANS]
-    assert counts == {"mapped": 1, "rejected": 0, "tool": 1, "ignored": 1}
+    assert counts == {"mapped": 1, "rejected": 0, "tool": 1, "ignored": 1, "merged": 0,
+                      "log_records": 0, "metric_points": 0}
     r = await client.get(f"/events/metrics/session/{genai['traceId']}", headers=AUTH)
     assert (await r.json())["requests_with_tools"] == 1
 
@@ -284,12 +285,13 @@ def test_every_attribute_the_mapping_reads_is_converted():
     import inspect
     import re
 
-    from service import otlp
-    source = "".join(inspect.getsource(f) for f in (otlp.is_genai, otlp.map_request,
-                                                     otlp.span_events))
-    names = set(re.findall(r'"((?:gen_ai|session|user|enduser|error)\.[a-z_.]+)"', source))
-    assert "gen_ai.usage.input_tokens" in names
-    assert names <= otlp.READ_ATTRIBUTES, names - otlp.READ_ATTRIBUTES
+    from service import otlp_conventions, otlp_spans
+    source = inspect.getsource(otlp_conventions) + inspect.getsource(otlp_spans)
+    names = set(re.findall(r'"((?:gen_ai|session|user|enduser|error|llm|langfuse|traceloop|'
+                           r'openinference|logfire|anthropic)\.[a-z_.]+)"', source))
+    assert {"gen_ai.usage.input_tokens", "llm.token_count.prompt",
+            "langfuse.observation.usage_details"} <= names
+    assert names <= otlp_conventions.READ_ATTRIBUTES, names - otlp_conventions.READ_ATTRIBUTES
 
 
 @pytest.mark.parametrize("path", ["/v1/traces", "/events"])
@@ -302,3 +304,64 @@ def test_a_body_that_is_not_what_its_content_encoding_says_is_a_json_400(server,
     assert answer.value.code == 400
     assert json.loads(answer.value.read())["error"] == \
         "unreadable request body: Can not decode content-encoding: gzip"
+
+
+def _basic(user: str, password: str) -> dict:
+    import base64
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+async def test_langfuse_endpoint_takes_basic_auth_with_a_key_as_password_or_pair(
+        aiohttp_client, config):
+    app = create_app(replace(config, ingest_keys=("pk-lf-1:sk-lf-1", "ingest-2")))
+    client = await aiohttp_client(app)
+    path = "/api/public/otel/v1/traces"
+    body = _export_with([_span("00000000000000a1", **{"gen_ai.request.model": "m"})])
+    # The secret part is a key (the admin one), the whole pair is a key, or the password is.
+    for headers in (_basic("pk-lf-anything", "secret"), _basic("pk-lf-1", "sk-lf-1"),
+                    _basic("pk", "ingest-2")):
+        r = await client.post(path, json=body, headers=headers)
+        assert r.status == 200, await r.text()
+    assert client.app[keys.OTLP_SPANS]["mapped"] == 3  # the same span each time: stored once
+    r = await client.post(path, json=body, headers=_basic("pk", "wrong"))
+    assert r.status == 401 and "Authorization" in (await r.json())["error"]
+    r = await client.post(path, json=body, headers={"Authorization": "Basic !!!"})
+    assert r.status == 401
+    # Basic is for the OTLP routes only: other routes still need x-internal-auth.
+    r = await client.get("/events/metrics", headers=_basic("pk", "secret"))
+    assert r.status == 401
+
+
+async def test_logs_and_metrics_are_accepted_and_counted(client):
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from google.protobuf import json_format
+
+    logs = json_format.ParseDict({"resourceLogs": [{"scopeLogs": [{"logRecords": [
+        {"body": {"stringValue": "gen_ai.choice"}}, {"body": {"stringValue": "x"}}]}]}]},
+        ExportLogsServiceRequest())
+    r = await client.post("/v1/logs", data=logs.SerializeToString(),
+                          headers={**AUTH, "content-type": "application/x-protobuf"})
+    assert r.status == 200 and r.content_type == "application/x-protobuf"
+    metrics = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [
+        {"name": "gen_ai.client.token.usage", "histogram": {"dataPoints": [{}, {}, {}]}},
+        {"name": "gen_ai.client.operation.duration", "sum": {"dataPoints": [{}]}}]}]}]}
+    r = await client.post("/v1/metrics", json=metrics, headers=AUTH)
+    assert r.status == 200 and await r.json() == {}
+    pb = json_format.ParseDict(metrics, ExportMetricsServiceRequest()).SerializeToString()
+    r = await client.post("/v1/metrics", data=pb,
+                          headers={**AUTH, "content-type": "application/x-protobuf"})
+    assert r.status == 200
+    counts = client.app[keys.OTLP_SPANS]
+    assert (counts["log_records"], counts["metric_points"]) == (2, 8)
+    r = await client.post("/v1/logs", data=b"\xff\x00garbage",
+                          headers={**AUTH, "content-type": "application/x-protobuf"})
+    assert r.status == 400 and "malformed OTLP protobuf" in (await r.json())["error"]
+    r = await client.post("/v1/metrics", json={"resourceMetrics": {}}, headers=AUTH)
+    assert r.status == 400 and "resourceMetrics must be an array" in (await r.json())["error"]
+    r = await client.post("/v1/logs", data=b"x", headers={**AUTH, "content-type": "text/plain"})
+    assert r.status == 415
+    assert (counts["log_records"], counts["metric_points"]) == (2, 8)
