@@ -15,7 +15,7 @@ The file format (flat entries are one period since always):
           "cache_write": 3.75, "above": {"prompt_tokens": 200000, "input": 6.0, ...}}]},
       "my-finetune": {"input": 1.0, "output": 2.0}}}
 
-Keys starting with `_` are comments and are ignored; a top-level `digest` (as `GET /prices`
+Keys starting with `_` are comments and are ignored (model names excepted); a top-level `digest` (as `GET /prices`
 serves the table) is ignored too, so a served table can be sent back as it is.
 """
 
@@ -258,8 +258,6 @@ def _parse_file(raw: Any, problems: list[Problem]) -> dict[str, ModelPrices]:
     owner: dict[str, str] = {}
     for name, entry in models.items():
         path = f"$.models[{json.dumps(name, ensure_ascii=False)}]"
-        if name.startswith("_"):
-            continue
         if not 0 < len(name) <= MAX_NAME:
             problems.append(Problem(path, f"a model name has 1 to {MAX_NAME} characters"))
             continue

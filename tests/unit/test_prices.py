@@ -196,9 +196,10 @@ def test_comments_and_a_served_digest_are_ignored():
     plain = table({"x": {"input": 1, "output": 2}})
     commented = PriceTable.from_json(json.dumps({
         "_comment": "mine", "digest": "whatever",
-        "models": {"_note": "skip", "x": {"_why": "list price", "input": 1.0, "output": 2.0}}}
-    ).encode())
+        "models": {"x": {"_why": "list price", "input": 1.0, "output": 2.0}}}).encode())
     assert commented.digest == plain.digest and len(commented) == 1
+    # A model name is a name, even one starting with `_`.
+    assert table({"_internal": {"input": 1, "output": 1}}).name_of("_internal") == "_internal"
 
 
 def test_digest_is_of_the_normalised_table():
