@@ -11,6 +11,8 @@ import pytest
 from tests import factories as f
 from tests.server import ServerProcess
 
+pytestmark = pytest.mark.slow
+
 CONFIGURED = {"models": {"gpt-4": {"input": 30, "output": 60}}}
 CHEAPER = {"models": {"gpt-4": {"prices": [
     {"from": "2025-01-01", "input": 3.0, "output": 6.0},

@@ -23,6 +23,8 @@ from service.app import create_app
 from service.config import Config
 from tests.conftest import AUTH
 
+pytestmark = pytest.mark.slow
+
 # Each example starts a real app (SQLite log, DuckDB facts): about a second on a busy machine.
 EXAMPLES = int(os.environ.get("COST_EXAMPLES", "15"))
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
