@@ -208,9 +208,32 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {200: {JSON: otlp.OtlpExportResponse, otlp.PROTOBUF: BINARY}},
         request={JSON: OTLP_REQUEST, otlp.PROTOBUF: BINARY},
         errors=(408, 413, 415, 503),
-        description="Spans with `gen_ai.operation.name` or `gen_ai.request.model` are mapped; "
+        description="LLM call spans (GenAI, OpenInference, Langfuse, ... conventions: see "
+                    "docs/instrumentations.md) are mapped; "
                     "the answer's `partialSuccess` counts the spans that could not be. The "
                     "answer has the request's encoding. `content-encoding: gzip` is accepted."),
+    ("POST", "/api/public/otel/v1/traces"): Operation(
+        "Langfuse-compatible OTLP/HTTP trace export (the same as POST /v1/traces)",
+        {200: {JSON: otlp.OtlpExportResponse, otlp.PROTOBUF: BINARY}},
+        request={JSON: OTLP_REQUEST, otlp.PROTOBUF: BINARY},
+        errors=(408, 413, 415, 503),
+        description="Where Langfuse's SDK exports. Besides `x-internal-auth`, takes "
+                    "`Authorization: Basic base64(public_key:secret_key)` when the secret key, "
+                    "or the whole `public_key:secret_key`, is a configured key."),
+    ("POST", "/v1/logs"): Operation(
+        "OTLP/HTTP log export: accepted and counted, not mapped",
+        {200: {JSON: Raw({"type": "object"}), otlp.PROTOBUF: BINARY}},
+        request={JSON: Raw({"type": "object", "properties": {
+            "resourceLogs": {"type": "array", "items": {"type": "object"}}}}),
+            otlp.PROTOBUF: BINARY},
+        errors=(408, 413, 415)),
+    ("POST", "/v1/metrics"): Operation(
+        "OTLP/HTTP metric export: accepted and counted, not mapped",
+        {200: {JSON: Raw({"type": "object"}), otlp.PROTOBUF: BINARY}},
+        request={JSON: Raw({"type": "object", "properties": {
+            "resourceMetrics": {"type": "array", "items": {"type": "object"}}}}),
+            otlp.PROTOBUF: BINARY},
+        errors=(408, 413, 415)),
     ("GET", "/metrics"): Operation(
         "Prometheus exposition (OpenMetrics when the Accept header asks for it)",
         {200: {PROMETHEUS_TEXT: TEXT, OPENMETRICS_TEXT: TEXT}}),
