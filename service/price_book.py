@@ -10,12 +10,15 @@ table and goes back to the configured one. The saved table is a file next to the
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Protocol
 
 from projections.prices import PriceError, PriceTable, Problem, default_prices
 from service.config import Config
+
+log = logging.getLogger(__name__)
 
 
 class PricedReadSide(Protocol):
@@ -47,9 +50,13 @@ class PriceBook:
             return self.configured_table()
         except OSError as exc:
             raise _unreadable(f"the saved price table {self.saved}", exc) from None
-        return PriceTable.from_json(
+        table = PriceTable.from_json(
             data, f"saved price table {self.saved} (set by PUT /prices; DELETE /prices or "
                   "remove the file to go back to LLM_METRICS_PRICES)")
+        log.info("prices: the table saved by PUT /prices in %s (digest %s) wins over %s; "
+                 "DELETE /prices goes back to it", self.saved, table.digest,
+                 f"LLM_METRICS_PRICES={self.configured}" if self.configured else "the shipped table")
+        return table
 
     def configured_table(self) -> PriceTable:
         """The table `LLM_METRICS_PRICES` names, or the shipped one."""

@@ -54,6 +54,8 @@ def test_put_prices_survives_a_restart_and_delete_goes_back_to_the_file(tmp_path
 
     with ServerProcess(db, port=server.port, **env) as server:
         assert digest(server) == saved
+        assert f"the table saved by PUT /prices in {db}.prices.json (digest {saved}) wins over " \
+               f"LLM_METRICS_PRICES={configured}" in server.log()
         assert total_cost(server) == pytest.approx(0.009 + 0.003)
         status, body = server.request("DELETE", "/prices")
         assert status == 200 and body["models"] == 1
