@@ -82,10 +82,12 @@ def anthropic_calls(client, around=contextlib.nullcontext) -> None:
         client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES)
         client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES,
                                tools=ANTHROPIC_TOOLS)
-        stream = client.messages.create(model="claude-sonnet-4-5", max_tokens=64,
-                                        messages=MESSAGES, stream=True)
-        for _ in stream:
-            pass
+        # Closed by `with`, as an application should: the SDK ends its span when the body
+        # is read or closed, not when the object is garbage-collected.
+        with client.messages.create(model="claude-sonnet-4-5", max_tokens=64,
+                                    messages=MESSAGES, stream=True) as stream:
+            for _ in stream:
+                pass
         try:
             client.messages.create(model="rate-limited", max_tokens=64, messages=MESSAGES)
         except anthropic.RateLimitError:
