@@ -84,13 +84,7 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
             raise ApiError(400, f"malformed OTLP protobuf body: {exc}") from None
         return request
     if kind == JSON:
-        try:
-            document = msgspec.json.decode(body) if body.strip() else {}
-        except msgspec.DecodeError as exc:
-            raise ApiError(400, f"malformed JSON: {str(exc).removeprefix('JSON is malformed: ')}") \
-                from None
-        except UnicodeDecodeError as exc:
-            raise ApiError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+        document = _json_document(body)
         if not isinstance(document, dict):
             raise ApiError(400, "an OTLP JSON export is an object with `resourceSpans`")
         _hex_ids_to_base64(document)
@@ -104,6 +98,16 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         f"unsupported content-type {content_type or '(none)'!r}: OTLP/HTTP sends "
         f"{PROTOBUF} or {JSON}",
     )
+
+
+def _json_document(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body) if body.strip() else {}
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {str(exc).removeprefix('JSON is malformed: ')}") \
+            from None
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
 
 
 _ID_FIELDS = {"traceId": 16, "trace_id": 16, "spanId": 8, "span_id": 8, "parentSpanId": 8,
@@ -262,13 +266,7 @@ def count_records(body: bytes, content_type: str, kind: str) -> int:
             raise ApiError(400, f"malformed OTLP protobuf body: {exc}") from None
         document = json_format.MessageToDict(message)
     elif media == JSON:
-        try:
-            document = msgspec.json.decode(body) if body.strip() else {}
-        except msgspec.DecodeError as exc:
-            raise ApiError(400, f"malformed JSON: {str(exc).removeprefix('JSON is malformed: ')}") \
-                from None
-        except UnicodeDecodeError as exc:
-            raise ApiError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+        document = _json_document(body)
         if not isinstance(document, dict):
             raise ApiError(400, f"an OTLP JSON export is an object with "
                                 f"`resource{kind.capitalize()}`")
