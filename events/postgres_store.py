@@ -4,7 +4,7 @@ Appends from every replica run concurrently: no lock is taken. What keeps the lo
 is a commit-order horizon (see docs/scaling.md):
 
 - a row's position is `(xid << 20) + n`: the 64-bit id of the transaction that appended it
-  (`pg_current_xact_id()`, taken in the append's first statement) and its ordinal in that
+  (`pg_current_xact_id()`, taken by the append's insert statement) and its ordinal in that
   transaction. Positions therefore increase with transaction id and have holes between
   transactions;
 - readers only see rows below `pg_snapshot_xmin(pg_current_snapshot()) << 20`: every
@@ -126,6 +126,8 @@ class PostgresStore:
         channel_key = _key(schema, "append") & 0xFFFF_FFFF_FFFF_FFFF
         self.channel = f"llm_metrics_{channel_key:016x}"
         self._listener: asyncpg.Connection | None = None
+        self._notify_wanted = asyncio.Event()
+        self._notifier: asyncio.Task | None = None
 
     @classmethod
     async def open(cls, dsn: str, *, schema: str | None = None,
@@ -187,10 +189,11 @@ class PostgresStore:
         for attempt in range(_ATTEMPTS):
             try:
                 async with self._pool.acquire() as conn:
-                    async with conn.transaction():
-                        results = await self.append_in(conn, batches)
-                    if any(isinstance(r, Accepted) and r.appended for r in results):
-                        await self._notify(conn)
+                    # No explicit transaction: the insert is one statement, so it is atomic
+                    # and commits on its own, which saves the BEGIN and COMMIT round trips.
+                    results = await self.append_in(conn, batches)
+                if any(isinstance(r, Accepted) and r.appended for r in results):
+                    self._wake_others()
                 return results
             except _RACES:
                 # Another replica appended the same event id or filled the same slot first.
@@ -199,6 +202,21 @@ class PostgresStore:
                 raise _translate(exc) from exc
         raise StoreUnavailable(f"the append lost {_ATTEMPTS} races with concurrent appends "
                                "of the same events; retry")
+
+    def _wake_others(self) -> None:
+        """NOTIFY soon, off the append's path; commits in the meantime share one NOTIFY."""
+        self._notify_wanted.set()
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.create_task(self._notify_loop(), name="log-notify")
+
+    async def _notify_loop(self) -> None:
+        while True:
+            await self._notify_wanted.wait()
+            self._notify_wanted.clear()
+            try:
+                await self._pool.execute("SELECT pg_notify($1, '')", self.channel)
+            except _DRIVER_ERRORS as exc:
+                log.debug("NOTIFY after an append failed: %s", exc)
 
     async def _notify(self, conn: asyncpg.Connection) -> None:
         """Wake the tailers; the commit is done, so a failure here only delays them (poll)."""
@@ -209,16 +227,17 @@ class PostgresStore:
 
     async def append_in(self, conn: asyncpg.Connection,
                         batches: Sequence[Sequence[NewEvent]]) -> list[Accepted | Rejected]:
-        """The body of `append`, inside a transaction the caller owns and commits.
+        """The body of `append`: a read for the plan, then one statement that takes the
+        transaction id (which fixes the positions) and inserts the rows and slots.
 
-        `append` is the way to write; this exists so a test can hold an append open (or delay
-        its commit) while others commit. It sends no NOTIFY.
+        Outside a transaction the insert commits by itself (what `append` does); inside one,
+        the caller commits: a test holds an append open that way. It sends no NOTIFY. The plan
+        sees every append committed before it; one committed between the plan and the insert
+        makes the insert fail on a unique index, and `append` plans again.
         """
-        # The first statement takes the transaction id, which fixes the positions; what it
-        # reads is this statement's snapshot: every append that committed before it.
         by_hash = {erased_id_hash(e.event_id): e.event_id for batch in batches for e in batch}
-        xid, ids, payloads, positions, taken, erased = await conn.fetchrow(
-            "SELECT pg_current_xact_id()::text::bigint, e.ids, e.payloads, e.positions,"
+        ids, payloads, positions, taken, erased = await conn.fetchrow(
+            "SELECT e.ids, e.payloads, e.positions,"
             "       ARRAY(SELECT slot FROM request_slots WHERE slot = ANY($2::bytea[])),"
             "       ARRAY(SELECT id_hash FROM erased_events WHERE id_hash = ANY($3::bytea[]))"
             " FROM (SELECT array_agg(event_id) AS ids, array_agg(payload) AS payloads,"
@@ -231,27 +250,34 @@ class PostgresStore:
         stored = {event_id.decode(): payload
                   for event_id, payload in zip(ids or (), payloads or ())}
         where = {event_id.decode(): p for event_id, p in zip(ids or (), positions or ())}
-        plan = plan_append(batches, stored, set(taken), xid << POSITION_BITS,
+        plan = plan_append(batches, stored, set(taken), 0,
                            {by_hash[h] for h in erased})
+        base = 0
         if plan.rows:
-            # Rows and slots in index order, so two appends racing on the same keys wait for
-            # each other instead of deadlocking.
-            await conn.execute(
-                "WITH new_events AS ("
+            # The plan numbered the new rows 1, 2, ...: their positions are base + n. Rows and
+            # slots go in index order, so two appends racing on the same keys wait for each
+            # other instead of deadlocking.
+            base = await conn.fetchval(
+                "WITH x AS MATERIALIZED ("
+                f"  SELECT pg_current_xact_id()::text::bigint << {POSITION_BITS} AS base"
+                "), new_events AS ("
                 "  INSERT INTO events (position, event_id, type, payload, recorded_at)"
-                "  SELECT p, e, t, b, $5 FROM unnest($1::bigint[], $2::bytea[], $3::smallint[],"
-                "                                   $4::bytea[]) AS u(p, e, t, b) ORDER BY e"
-                ") INSERT INTO request_slots (slot) SELECT s FROM unnest($6::bytea[]) AS s"
-                "  ORDER BY s",
-                [p for p, _ in plan.rows],
+                "  SELECT x.base + n, e, t, b, $5 FROM x, unnest($1::bigint[], $2::bytea[],"
+                "         $3::smallint[], $4::bytea[]) AS u(n, e, t, b) ORDER BY e"
+                "), new_slots AS ("
+                "  INSERT INTO request_slots (slot) SELECT s FROM unnest($6::bytea[]) AS s"
+                "  ORDER BY s"
+                ") SELECT base FROM x",
+                [n for n, _ in plan.rows],
                 [e.event_id.encode() for _, e in plan.rows],
                 [e.type_code for _, e in plan.rows],
                 [e.payload for _, e in plan.rows],
                 time.time_ns() // 1000,
                 plan.slots,
             )
-        where.update((e.event_id, p) for p, e in plan.rows)
-        return [_newest_of(result, batch, where) for result, batch in zip(plan.results, batches)]
+        where.update((e.event_id, base + n) for n, e in plan.rows)
+        return [_placed(result, batch, base, where)
+                for result, batch in zip(plan.results, batches)]
 
     async def read(self, after: int, limit: int) -> list[StoredRow]:
         """Rows after `after` below the horizon: final, they can be read in one pass."""
@@ -343,6 +369,8 @@ class PostgresStore:
         return Erasure(len(rows), position, [(position, tomb)])
 
     async def close(self) -> None:
+        if self._notifier is not None:
+            self._notifier.cancel()
         if self._listener is not None:
             listener, self._listener = self._listener, None
             listener.terminate()
@@ -352,14 +380,15 @@ class PostgresStore:
             self._pool.terminate()
 
 
-def _newest_of(result: Accepted | Rejected, batch: Sequence[NewEvent],
-               where: dict[str, int]) -> Accepted | Rejected:
-    """`result` with `last_position` the newest position of its batch's events, duplicates
-    included: once a replica has applied that position, it has applied the whole batch."""
+def _placed(result: Accepted | Rejected, batch: Sequence[NewEvent], base: int,
+            where: dict[str, int]) -> Accepted | Rejected:
+    """`result` with its rows at their positions (`base` + the plan's number) and
+    `last_position` the newest position of its batch's events, duplicates included: once a
+    replica has applied that position, it has applied the whole batch."""
     if isinstance(result, Rejected) or not batch:
         return result
     # An erased event id has no position: it adds nothing to wait for.
-    return result._replace(last_position=max(
+    return result._replace(rows=[(base + n, e) for n, e in result.rows], last_position=max(
         (where[e.event_id] for e in batch if e.event_id in where), default=0))
 
 
