@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,12 +28,40 @@ class QueryTimeout(EngineError):
     """A read ran past its time limit and was stopped."""
 
 
+class FactsDamaged(EngineError):
+    """The facts file is damaged (DuckDB found a bad checksum or a short read). The engine
+    leaves a marker beside the file (`rebuild_marker`), so the next start rebuilds the facts."""
+
+
+_DAMAGE = ("Corrupt database file", "Could not read enough bytes", "checksum")
+
+
+def rebuild_marker(path: str | Path) -> Path:
+    return Path(f"{path}.rebuild")
+
+
+def _translate(exc: duckdb.Error, path: str) -> EngineError:
+    text = str(exc)
+    if any(sign in text for sign in _DAMAGE):
+        if path != ":memory:":
+            rebuild_marker(path).touch()
+        return FactsDamaged(f"the facts file {path} is damaged ({text}); it is rebuilt from "
+                            "the log at the next start")
+    return EngineError(text)
+
+
 class Engine:
     """A DuckDB database file. Open with `Engine.open(path)`; `":memory:"` works for tests."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, path: str, readers: int):
+    def __init__(self, conn: duckdb.DuckDBPyConnection, path: str, readers: int,
+                 config: dict | None = None):
         self._conn = conn
         self.path = path
+        self._config = config or {}
+        # Reads under way, and whether `compact` is swapping the file (see `_compact`).
+        self._gate = threading.Condition()
+        self._reading = 0
+        self._swapping = False
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="facts-write")
         self._readers = concurrent.futures.ThreadPoolExecutor(readers,
                                                               thread_name_prefix="facts-read")
@@ -43,8 +73,7 @@ class Engine:
         path = str(path)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = duckdb.connect(path, config={
+        config = {
                 "memory_limit": memory_limit,
                 "threads": threads,
                 # Facts are rebuilt from the log whatever happens, so no extension, no network.
@@ -55,10 +84,12 @@ class Engine:
                 # process loses nothing (the OS has the writes); after an OS crash a damaged
                 # file is rebuilt from the log (`Engine.open` callers, see service.app).
                 "fsync_mode": "NONE",
-            })
+            }
+        try:
+            conn = duckdb.connect(path, config=config)
         except duckdb.Error as exc:
-            raise EngineError(f"cannot open the facts file {path}: {exc}") from exc
-        return cls(conn, path, readers)
+            raise FactsDamaged(f"cannot open the facts file {path}: {exc}") from exc
+        return cls(conn, path, readers, config)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -87,8 +118,56 @@ class Engine:
             except duckdb.Error:
                 pass
             if isinstance(exc, duckdb.Error):
-                raise EngineError(str(exc)) from exc
+                raise _translate(exc, self.path) from exc
             raise
+
+    async def compact(self) -> None:
+        """Rewrite the file so that it holds only what the tables hold now.
+
+        DuckDB does not overwrite the blocks that deleted rows freed: their strings stay in the
+        file until reused. After an erasure the tables are copied into a fresh file, which then
+        replaces this one (docs/event-log.md, "Erasure"). Writes wait meanwhile; reads go on
+        during the copy and pause only for the swap.
+        """
+        if self.path == ":memory:":
+            return
+        loop = asyncio.get_running_loop()
+        await asyncio.shield(loop.run_in_executor(self._writer, self._compact))
+
+    def _compact(self) -> None:
+        fresh = self.path + ".compact"
+        for leftover in (fresh, fresh + ".wal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+        cur = self._write_cursor
+        try:
+            name = cur.execute("SELECT current_database()").fetchone()[0]
+            quoted = fresh.replace("'", "''")
+            cur.execute(f"ATTACH '{quoted}' AS compacted")
+            try:
+                cur.execute(f'COPY FROM DATABASE "{name.replace(chr(34), chr(34) * 2)}" '
+                            "TO compacted")
+            finally:
+                cur.execute("DETACH compacted")
+        except duckdb.Error as exc:
+            raise EngineError(f"could not rewrite the facts file {self.path}: {exc}") from exc
+        with self._gate:
+            # No cursor of the old file may be open at the swap: wait for the reads under way;
+            # new ones wait for the new file.
+            self._swapping = True
+            try:
+                while self._reading:
+                    self._gate.wait()
+                self._write_cursor.close()
+                self._conn.close()
+                os.replace(fresh, self.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path + ".wal")
+                self._conn = duckdb.connect(self.path, config=self._config)
+                self._write_cursor = self._conn.cursor()
+            finally:
+                self._swapping = False
+                self._gate.notify_all()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -96,36 +175,46 @@ class Engine:
                    timeout: float | None = None) -> list[tuple]:
         """The rows of one query, run in a reader thread. Cancelling the caller (a client gone)
         or passing `timeout` seconds interrupts the query in the engine."""
-        cursor = self._conn.cursor()
         started = threading.Event()
+        cursor = None
 
         def run():
+            nonlocal cursor
+            # Made in the reader thread: a compaction swaps the connection between two reads.
+            with self._gate:
+                while self._swapping:
+                    self._gate.wait()
+                self._reading += 1
+                cursor = self._conn.cursor()
             started.set()
             try:
                 return cursor.execute(sql, params).fetchall()
             finally:
                 cursor.close()
+                with self._gate:
+                    self._reading -= 1
+                    self._gate.notify_all()
 
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._readers, run)
         try:
             return await asyncio.wait_for(future, timeout)
         except (asyncio.CancelledError, TimeoutError) as exc:
-            if started.is_set():
+            if started.is_set() and cursor is not None:
                 cursor.interrupt()
             if isinstance(exc, TimeoutError):
                 raise QueryTimeout(f"the question took longer than {timeout:g} s and was "
                                    "stopped") from None
             raise
         except duckdb.Error as exc:
-            raise EngineError(str(exc)) from exc
+            raise _translate(exc, self.path) from exc
 
     def read_sync(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
         cursor = self._conn.cursor()
         try:
             return cursor.execute(sql, params).fetchall()
         except duckdb.Error as exc:
-            raise EngineError(str(exc)) from exc
+            raise _translate(exc, self.path) from exc
         finally:
             cursor.close()
 

@@ -22,14 +22,13 @@ finds its row without scanning `requests`.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Iterable, Sequence
 
 import pyarrow as pa
 
-from events.records import Completed, Failed, Record, Started
+from events.records import Completed, Erased, Failed, Record, Started
 from projections.engine import Engine
-from projections.prices import PriceTable
+from projections.prices import PriceTable, pico_per_token
 
 # Bump when the schema or the apply rules change: facts of another version are rebuilt.
 VERSION = 2
@@ -91,6 +90,14 @@ _USERS = len(FACT_FIELDS) - 1
 _MEASURED = slice(11, _USERS)  # what only the terminal event says
 _NO_MEASURES = (None,) * (_USERS - 11)
 _KEY_SCHEMA = pa.schema([("session_id", pa.string()), ("request_id", pa.string())])
+_UNSTARTED_SCHEMA = _KEY_SCHEMA.append(pa.field("end_pos", pa.int64()))
+# Prices in integer pico-dollars per token: int64 holds up to 9.2e6 USD per token.
+_PRICE_SCHEMA = pa.schema([("model", pa.string()), ("from_us", pa.int64()),
+                           ("until_us", pa.int64())]
+                          + [(name, pa.int64()) for name in (
+                              "input", "output", "cached_input", "cache_write",
+                              "above_prompt_tokens", "above_input", "above_output",
+                              "above_cached_input", "above_cache_write")])
 
 
 def _us(ms: float | None) -> int | None:
@@ -158,15 +165,15 @@ SELECT r.* FROM requests r WHERE r.end_pos IN (
 
 def _event_key(record: Record) -> str:
     """What identifies the event at the tracked position, to tell this log from another."""
+    if type(record) is Erased:
+        return f"Erased\x1f{record.key_hash}\x1f{record.count}\x1f{record.erased_at_us}"
     return f"{type(record).__name__}\x1f{record.session_id}\x1f{record.request_id}" \
            f"\x1f{record.timestamp_us}"
 
 
 def _pico(usd_per_million: float | None) -> int | None:
     """USD per million tokens as integer pico-dollars per token, so that sums are exact."""
-    if usd_per_million is None:
-        return None
-    return int((Decimal(str(usd_per_million)) * 10**6).to_integral_value())
+    return None if usd_per_million is None else pico_per_token(usd_per_million)
 
 
 def price_rows(prices: PriceTable, models: Iterable[str]) -> list[tuple]:
@@ -248,6 +255,9 @@ class Facts:
         rows = [row for row in rows if row[0] > self.position]
         if not rows:
             return
+        if any(type(record) is Erased for _, record in rows):
+            await self._apply_around_erasures(rows)
+            return
         halves: dict[tuple[str, str], tuple] = {}
         done: dict[tuple[str, str], tuple] = {}
         for position, record in rows:
@@ -296,17 +306,17 @@ class Facts:
             finished = list(done.values())
             finished += [h for h in halves.values() if h[_STATUS] > 0]
             started = [h for h in halves.values() if h[_STATUS] == 0]
-            for table, facts in (("requests", finished), ("pending", started)):
-                if facts:
-                    cur.register("new_facts", _table(facts))
-                    try:
-                        cur.execute(f"INSERT INTO {table} SELECT * FROM new_facts")
-                    finally:
-                        cur.unregister("new_facts")
             unstarted = [(f[_SESSION], f[_REQUEST], f[_END_POS]) for f in finished
                          if f[_START_POS] is None]
-            if unstarted:
-                cur.executemany("INSERT INTO unstarted VALUES (?, ?, ?)", unstarted)
+            for table, rows_, schema in (("requests", finished, FACT_SCHEMA),
+                                         ("pending", started, FACT_SCHEMA),
+                                         ("unstarted", unstarted, _UNSTARTED_SCHEMA)):
+                if rows_:
+                    cur.register("new_rows", _table(rows_, schema))
+                    try:
+                        cur.execute(f"INSERT INTO {table} SELECT * FROM new_rows")
+                    finally:
+                        cur.unregister("new_rows")
             if new_models:
                 self._insert_prices(cur, new_models)
             cur.execute("UPDATE tracking SET position = ?, event_key = ?, newest_event_us = ?",
@@ -317,10 +327,53 @@ class Facts:
         self.position, self._event_key, self.newest_event_us = last_position, last_key, newest
         self.generation += 1
 
+    # ---- erasure (docs/event-log.md, "Erasure") -------------------------------------------------
+
+    async def _apply_around_erasures(self, rows: Sequence[tuple[int, Record]]) -> None:
+        """Apply `rows` in order, each `Erased` tombstone on its own, between the others."""
+        run: list[tuple[int, Record]] = []
+        for position, record in rows:
+            if type(record) is Erased:
+                await self.apply_rows(run)
+                run = []
+                await self._erase(position, record)
+            else:
+                run.append((position, record))
+        await self.apply_rows(run)
+
+    async def _erase(self, position: int, tomb: Erased) -> None:
+        """Forget every fact an event at one of `tomb.positions` made, and the prices of the
+        models no fact names any more; then rewrite the facts file, which would otherwise
+        keep the deleted strings in its freed blocks."""
+        key = _event_key(tomb)
+
+        def erase(cur) -> tuple[int, set[str]]:
+            gone = 0
+            for sql in ("DELETE FROM requests WHERE start_pos IN (SELECT unnest($1)) "
+                        "OR end_pos IN (SELECT unnest($1))",
+                        "DELETE FROM pending WHERE start_pos IN (SELECT unnest($1))",
+                        "DELETE FROM unstarted WHERE end_pos IN (SELECT unnest($1))"):
+                gone += cur.execute(sql, [list(tomb.positions)]).fetchone()[0]
+            cur.execute("DELETE FROM model_prices WHERE model NOT IN "
+                        "(SELECT model FROM requests UNION SELECT model FROM pending)")
+            cur.execute("UPDATE tracking SET position = ?, event_key = ?", [position, key])
+            return gone, {m for (m,) in cur.execute("SELECT DISTINCT model FROM model_prices")
+                          .fetchall()}
+
+        gone, self._models = await self.engine.write(erase)
+        self.position, self._event_key = position, key
+        self.generation += 1
+        if gone:
+            await self.engine.compact()
+
     def _insert_prices(self, cur, models: Iterable[str]) -> None:
         rows = price_rows(self.prices, sorted(models))
         if rows:
-            cur.executemany("INSERT INTO model_prices VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            cur.register("new_prices", _table(rows, _PRICE_SCHEMA))
+            try:
+                cur.execute("INSERT INTO model_prices SELECT * FROM new_prices")
+            finally:
+                cur.unregister("new_prices")
 
     def _sync_prices(self, cur) -> None:
         cur.execute("DELETE FROM model_prices")

@@ -12,7 +12,7 @@ from aiohttp import web
 from events.sqlite_store import SQLiteStore
 from events.store import EventStore
 from projections.prices import PriceTable
-from projections.engine import Engine, EngineError
+from projections.engine import Engine, EngineError, FactsDamaged, rebuild_marker
 from projections.facts import Facts
 from projections.replay import ReplayReport, catch_up
 from service import keys
@@ -21,6 +21,7 @@ from service.alerts.questions import observe
 from service.auth import KeyRing, auth_middleware
 from service.config import Config
 from service.errors import error_middleware
+from service.lifecycle import Lifecycle
 from service.limits import body_timeout_middleware, rate_limit_middleware
 from service.otlp import new_span_counts
 from service.price_book import PriceBook
@@ -59,27 +60,45 @@ def load_prices(config: Config) -> PriceTable:
     return PriceBook.for_config(config).load()
 
 
-def open_facts_engine(config: Config) -> tuple[Engine, str | None]:
-    """The facts file, or a new one when it cannot be opened (then also why: the facts are
-    rebuilt from the log; the damaged file is kept beside it for a post-mortem)."""
+def open_facts_engine(config: Config, *, fresh: bool = False) -> tuple[Engine, str | None]:
+    """The facts file, or a new one (then also why) when asked, when it cannot be opened, or
+    when a read found it damaged (its rebuild marker). A replaced file is kept beside it with
+    `.damaged` (or `.old`) appended, for a post-mortem; the facts are rebuilt from the log."""
     path = Path(config.facts_path)
-    try:
-        return Engine.open(path, memory_limit=config.facts_memory), None
-    except EngineError as exc:
-        for damaged in (path, path.with_name(path.name + ".wal")):
-            if damaged.exists():
-                damaged.replace(damaged.with_name(damaged.name + ".damaged"))
-        return Engine.open(path, memory_limit=config.facts_memory), f"the file was damaged ({exc})"
+    marker = rebuild_marker(path)
+    why = "asked to" if fresh else None
+    if marker.exists():
+        why = "a read found the file damaged"
+    if why is None:
+        try:
+            return Engine.open(path, memory_limit=config.facts_memory), None
+        except EngineError as exc:
+            why = f"the file cannot be opened ({exc})"
+    suffix = ".old" if fresh else ".damaged"
+    for old in (path, path.with_name(path.name + ".wal")):
+        if old.exists():
+            old.replace(old.with_name(old.name + suffix))
+    marker.unlink(missing_ok=True)
+    return Engine.open(path, memory_limit=config.facts_memory), why
 
 
 async def load_read_models(store: EventStore, config: Config, *, rebuild: bool = False,
                            **replay_options) -> tuple[Facts, ReplayReport]:
     """The request facts as of the end of the log: the persisted ones plus the log after them
     (all of it with `rebuild`, or when they are missing or of another log)."""
-    engine, damaged = open_facts_engine(config)
+    engine, damaged = open_facts_engine(config, fresh=rebuild)
     try:
-        facts = await Facts.open(engine, load_prices(config))
-        report = await catch_up(store, facts, rebuild=rebuild, **replay_options)
+        try:
+            facts = await Facts.open(engine, load_prices(config))
+            report = await catch_up(store, facts, rebuild=rebuild, **replay_options)
+        except FactsDamaged:
+            if damaged:
+                raise  # a new file damaged at once: a disk problem, not ours to hide
+            # Found while reading the file: it left its rebuild marker, so this opens anew.
+            engine.close()
+            engine, damaged = open_facts_engine(config)
+            facts = await Facts.open(engine, load_prices(config))
+            report = await catch_up(store, facts, **replay_options)
     except BaseException:
         engine.close()
         raise
@@ -168,7 +187,13 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
         app[keys.WRITER] = writer
         writer.start()
         stream.start()
+        # Before the server listens: with a retention, every answer covers retained data only.
+        lifecycle = Lifecycle(app[keys.STORE], app[keys.MODELS], writer, config.retention,
+                              config.retention_sweep)
+        app[keys.LIFECYCLE] = lifecycle
+        await lifecycle.start()
         yield
+        await lifecycle.close()
         await writer.close()
         if tailer is not None:
             await tailer.close()

@@ -10,7 +10,7 @@ from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooL
 from aiohttp.web_protocol import RequestHandler
 
 from events.store import Issue, StoreError, StoreUnavailable
-from projections.engine import EngineError, QueryTimeout
+from projections.engine import EngineError, FactsDamaged, QueryTimeout
 from projections.query import QueryError
 from service.problems import ApiError
 from service.writer import Overloaded
@@ -51,6 +51,11 @@ async def error_middleware(request: web.Request, handler):
                           [Issue(0, exc.param, str(exc))])
     except QueryTimeout as exc:
         return json_error(503, f"{exc} (LLM_METRICS_QUERY_TIMEOUT); narrow the question",
+                          headers={"Retry-After": RETRY_AFTER_S})
+    except FactsDamaged as exc:
+        log.error("%s", exc)
+        return json_error(503, "the request facts are damaged; restart the service to rebuild "
+                               "them from the log (nothing in the log is lost)",
                           headers={"Retry-After": RETRY_AFTER_S})
     except EngineError as exc:
         log.error("facts engine error on %s %s: %s", request.method, request.path, exc)

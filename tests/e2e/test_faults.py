@@ -1,4 +1,4 @@
-"""Faults around the real server process: damaged snapshots, undecodable log rows, a full disk,
+"""Faults around the real server process: damaged facts files, undecodable log rows, a full disk,
 read-only log files, a full write queue, and SIGTERM in the middle of an append."""
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ def global_metrics(server: ServerProcess) -> dict:
     return body
 
 
-# ---- snapshots -------------------------------------------------------------------------------
+# ---- damaged facts ---------------------------------------------------------------------------
 
 def damage_flip(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    for at in range(len(data) // 4, len(data), 4096):  # every block after the header
+        data[at] ^= 0xFF
     path.write_bytes(bytes(data))
 
 
@@ -59,27 +60,30 @@ def damage_truncate(path: Path) -> None:
 
 
 def damage_garbage(path: Path) -> None:
-    path.write_bytes(b"not a snapshot at all")
+    path.write_bytes(b"not a database at all" * 100)
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (damage_flip, "checksum mismatch"),
-    (damage_truncate, "checksum mismatch"),
-    (damage_garbage, "bad magic"),
-], ids=["bit flip", "truncated", "garbage"])
-def test_damaged_snapshot_is_ignored_with_a_warning_and_the_log_replayed(tmp_path, damage, reason):
+@pytest.mark.parametrize("damage", [damage_flip, damage_truncate, damage_garbage],
+                         ids=["bit flips", "truncated", "garbage"])
+def test_damaged_facts_are_rebuilt_from_the_log(tmp_path, damage):
+    """Wherever the damage is, the answers come back whole: at open, or at the first read that
+    meets it (a 503 that says so, then the next start rebuilds)."""
     db = tmp_path / "events.db"
     with ServerProcess(db) as server:
-        assert server.request("POST", "/events", batch("a", 300))[0] == 201
+        assert server.request("POST", "/events", batch("a", 3000))[0] == 201
         before = global_metrics(server)
-    snapshot = Path(f"{db}.snapshot")
-    assert snapshot.exists(), "a clean stop writes a snapshot"
-    damage(snapshot)
+    facts = Path(f"{db}.facts.duckdb")
+    assert facts.exists()
+    damage(facts)
+    with ServerProcess(db) as server:
+        status, body = server.request("GET", "/events/metrics")
+        if status == 503:
+            assert "damaged" in body["error"], body
+        logs = server.log()
     with ServerProcess(db) as server:
         assert global_metrics(server) == before
-        log = server.log().splitlines()
-    warning = [line for line in log if "WARNING" in line and "snapshot" in line]
-    assert warning and reason in warning[-1] and "replaying the whole log" in warning[-1], log
+        logs += server.log()
+    assert "rebuilt from the whole log" in logs
 
 
 # ---- undecodable rows ------------------------------------------------------------------------
@@ -88,7 +92,7 @@ def test_undecodable_row_stops_startup_naming_it_and_replay_can_skip_it(tmp_path
     db = tmp_path / "events.db"
     with ServerProcess(db) as server:
         assert server.request("POST", "/events", batch("a", 5))[0] == 201
-    Path(f"{db}.snapshot").unlink()  # a snapshot past the row would (rightly) skip reading it
+    Path(f"{db}.facts.duckdb").unlink()  # facts past the row would (rightly) skip reading it
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE events SET payload = x'c1c1c1' WHERE position = 3")
     before = rows(db)
@@ -110,7 +114,7 @@ def test_undecodable_row_stops_startup_naming_it_and_replay_can_skip_it(tmp_path
     assert "skipped 1 undecodable events at positions 3" in skipping.stdout
     assert rows(db) == before
 
-    # The snapshot replay wrote covers the bad row, so the server starts again, with 4 events.
+    # The facts replay wrote cover the bad row, so the server starts again, with 4 events.
     with ServerProcess(db) as server:
         assert global_metrics(server)["successful_requests"] == 4
 
@@ -172,7 +176,7 @@ def assert_refused_cleanly(answer, *words: str) -> None:
 
 def test_full_disk_answers_503_reads_keep_working_nothing_acknowledged_is_lost(small_fs, tmp_path):
     db = small_fs / "events.db"
-    server = ServerProcess(db, LLM_METRICS_SNAPSHOT=str(tmp_path / "snap")).start()
+    server = ServerProcess(db, LLM_METRICS_FACTS=str(tmp_path / "facts.duckdb")).start()
     acked: set[str] = set()
     try:
         assert server.request("POST", "/events", batch("first", 50))[0] == 201
@@ -191,23 +195,23 @@ def test_full_disk_answers_503_reads_keep_working_nothing_acknowledged_is_lost(s
     finally:
         server.kill()
     assert acked <= stored_ids(db)
-    with ServerProcess(db, LLM_METRICS_SNAPSHOT=str(tmp_path / "snap")) as server:
+    with ServerProcess(db, LLM_METRICS_FACTS=str(tmp_path / "facts.duckdb")) as server:
         assert global_metrics(server)["successful_requests"] == len(acked)
 
 
 def test_no_restart_on_a_full_disk_a_clear_error_instead_of_a_crash(small_fs, tmp_path):
     """Stopped cleanly on a full disk, then started again: SQLite would die of SIGBUS mapping
     its shared-memory file; the service checks the free space first and says what to do."""
-    db, snapshot = small_fs / "events.db", str(tmp_path / "snap")
-    with ServerProcess(db, LLM_METRICS_SNAPSHOT=snapshot) as server:
+    db, facts = small_fs / "events.db", str(tmp_path / "facts.duckdb")
+    with ServerProcess(db, LLM_METRICS_FACTS=facts) as server:
         assert server.request("POST", "/events", batch("kept", 100))[0] == 201
         filler = fill(small_fs)
-    server = ServerProcess(db, LLM_METRICS_SNAPSHOT=snapshot)
+    server = ServerProcess(db, LLM_METRICS_FACTS=facts)
     with pytest.raises(RuntimeError, match="server exited with 1"):
         server.start()
     assert "cannot start: only" in server.log() and "free at least 1 MiB" in server.log()
     filler.unlink()
-    with ServerProcess(db, LLM_METRICS_SNAPSHOT=snapshot) as server:
+    with ServerProcess(db, LLM_METRICS_FACTS=facts) as server:
         assert global_metrics(server)["successful_requests"] == 100
 
 
@@ -233,7 +237,7 @@ def test_read_only_log_answers_503_and_recovers(small_fs, tmp_path):
         pytest.skip("needs chattr")
     db = small_fs / "events.db"
     wal = Path(f"{db}-wal")
-    with ServerProcess(db, LLM_METRICS_SNAPSHOT=str(tmp_path / "snap")) as server:
+    with ServerProcess(db, LLM_METRICS_FACTS=str(tmp_path / "facts.duckdb")) as server:
         assert server.request("POST", "/events", batch("before", 20))[0] == 201
         subprocess.run(["chattr", "+i", str(wal)], check=True)
         try:
@@ -292,7 +296,7 @@ def refused_within(port: int, seconds: float) -> float | None:
     return None
 
 
-def test_sigterm_finishes_the_append_in_flight_snapshots_and_exits_0(tmp_path):
+def test_sigterm_finishes_the_append_in_flight_and_exits_0(tmp_path):
     db = tmp_path / "events.db"
     server = ServerProcess(db).start()
     assert server.request("POST", "/events", batch("warm", 10))[0] == 201
@@ -319,10 +323,8 @@ def test_sigterm_finishes_the_append_in_flight_snapshots_and_exits_0(tmp_path):
     assert code == 0, server.log()
     assert result["answer"].status == 201, result["answer"]
     assert len(stored_ids(db)) == 40_010
-    log = server.log()
-    assert "(shutdown)" in log and "wrote snapshot at position 40010" in log, log
     print(f"SIGTERM to refusing connections: {refused_after:.2f} s, to exit: {elapsed:.2f} s")
 
     with ServerProcess(db) as again:
-        assert "loaded snapshot at position 40010" in again.log()
+        assert "applied 0 events" in again.log() and "at position 40010" in again.log()
         assert global_metrics(again)["successful_requests"] == 40_010

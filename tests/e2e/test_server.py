@@ -95,18 +95,6 @@ def test_a_crash_between_the_log_commit_and_the_facts_is_repaired_at_startup(tmp
         assert metrics(server) == repaired
 
 
-def test_a_damaged_facts_file_is_rebuilt_from_the_log(tmp_path):
-    db = tmp_path / "events.db"
-    with ServerProcess(db) as server:
-        assert server.request("POST", "/events", f.seed_session("s1"))[0] == 201
-        before = metrics(server)
-    facts = db.with_name("events.db.facts.duckdb")
-    facts.write_bytes(b"not a database" * 1000)
-    with ServerProcess(db) as server:
-        assert metrics(server) == before
-        assert "rebuilt from the whole log" in server.log()
-
-
 def test_default_secret_is_refused_off_loopback(tmp_path):
     server = ServerProcess(tmp_path / "x.db", LLM_METRICS_HOST="0.0.0.0")
     try:
