@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+from llm_metrics_client._streams import AsyncTrackedStream, TrackedStream
 from llm_metrics_client.openai import _is_async, _never_raise
 from llm_metrics_client.tracking import Request
 
@@ -51,7 +52,7 @@ def instrument(anthropic_client: Any, metrics: Any, *, session_id: str | Callabl
 
     def finish(req: Request, result: Any, kwargs: dict, stream_type: type) -> Any:
         if kwargs.get("stream"):
-            return stream_type(result, req)
+            return stream_type(result, _StreamState(req))
         _record_message(req, result)
         req.complete()
         return result
@@ -109,7 +110,8 @@ class _StreamState:
         self.req = req
         self.tool_blocks = 0
 
-    def see(self, event: Any) -> None:
+    def see(self, event: Any) -> bool:
+        """Record one stream event; every event is the caller's (True)."""
         kind = getattr(event, "type", None)
         req = self.req
         if kind == "message_start":
@@ -134,81 +136,8 @@ class _StreamState:
             reason = getattr(getattr(event, "delta", None), "stop_reason", None)
             if reason:
                 req.finish_reason = reason
+        return True
 
     def finish(self) -> None:
         self.req.tool_calls = self.tool_blocks
         self.req.complete()
-
-
-class TrackedStream:
-    """An `anthropic.Stream` that reports its request when it ends; the rest is delegated."""
-
-    def __init__(self, stream: Any, req: Request):
-        self._stream = stream
-        self._iterator = iter(stream)
-        self._state = _StreamState(req)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        try:
-            event = next(self._iterator)
-        except StopIteration:
-            self._state.finish()
-            raise
-        except BaseException as exc:
-            self._state.req.fail(exc)
-            raise
-        self._state.see(event)
-        return event
-
-    def close(self) -> None:
-        self._state.req.fail("StreamClosed", "the stream was closed before its end")
-        self._stream.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
-class AsyncTrackedStream:
-    """An `anthropic.AsyncStream` that reports its request when it ends."""
-
-    def __init__(self, stream: Any, req: Request):
-        self._stream = stream
-        self._iterator = stream.__aiter__()
-        self._state = _StreamState(req)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        try:
-            event = await self._iterator.__anext__()
-        except StopAsyncIteration:
-            self._state.finish()
-            raise
-        except BaseException as exc:
-            self._state.req.fail(exc)
-            raise
-        self._state.see(event)
-        return event
-
-    async def close(self) -> None:
-        self._state.req.fail("StreamClosed", "the stream was closed before its end")
-        await self._stream.close()
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)

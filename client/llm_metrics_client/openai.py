@@ -30,6 +30,7 @@ import inspect
 from typing import Any, Callable
 
 from llm_metrics_client._core import log
+from llm_metrics_client._streams import AsyncTrackedStream, TrackedStream
 from llm_metrics_client.tracking import Request
 
 PROVIDER = "openai"
@@ -65,7 +66,7 @@ def instrument(openai_client: Any, metrics: Any, *, session_id: str | Callable[[
 
     def finish(req, result, kwargs, added_usage, stream_type):
         if kwargs.get("stream"):
-            return stream_type(result, req, added_usage)
+            return stream_type(result, _StreamState(req, added_usage))
         _record_response(req, result)
         req.complete()
         return result
@@ -167,78 +168,3 @@ class _StreamState:
         if self.tool_call_ids:
             self.req.tool_calls = len(self.tool_call_ids)
         self.req.complete()
-
-
-class TrackedStream:
-    """An `openai.Stream` that reports its request when it ends. Everything else is delegated."""
-
-    def __init__(self, stream: Any, req: Request, added_usage: bool):
-        self._stream = stream
-        self._state = _StreamState(req, added_usage)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        while True:
-            try:
-                chunk = next(self._stream)
-            except StopIteration:
-                self._state.finish()
-                raise
-            except BaseException as exc:
-                self._state.req.fail(exc)
-                raise
-            if self._state.see(chunk):
-                return chunk
-
-    def close(self) -> None:
-        self._state.req.fail("StreamClosed", "the stream was closed before its end")
-        self._stream.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
-class AsyncTrackedStream:
-    """An `openai.AsyncStream` that reports its request when it ends."""
-
-    def __init__(self, stream: Any, req: Request, added_usage: bool):
-        self._stream = stream
-        self._iterator = stream.__aiter__()
-        self._state = _StreamState(req, added_usage)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        while True:
-            try:
-                chunk = await self._iterator.__anext__()
-            except StopAsyncIteration:
-                self._state.finish()
-                raise
-            except BaseException as exc:
-                self._state.req.fail(exc)
-                raise
-            if self._state.see(chunk):
-                return chunk
-
-    async def close(self) -> None:
-        self._state.req.fail("StreamClosed", "the stream was closed before its end")
-        await self._stream.close()
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
