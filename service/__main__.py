@@ -81,6 +81,9 @@ def serve(config: Config) -> int:
             access_log_class=AccessLogger,
             print=lambda *_: log.info("serving on http://%s:%d", config.host, config.port),
             shutdown_timeout=5.0,
+            # A client that goes away cancels its handler, and so its question to the engine
+            # (projections.engine interrupts it): abandoned questions stop using the cores.
+            handler_cancellation=True,
             # Slow clients: aiohttp closes a connection that has not sent a complete request
             # (headers included) within keepalive_timeout of connecting or of its last answer.
             keepalive_timeout=config.header_timeout,
