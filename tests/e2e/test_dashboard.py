@@ -179,9 +179,10 @@ def number(text: str) -> float:
     return float(re.sub(r"[^\d.]", "", text))
 
 
-def save_screenshot(page, tmp_path, name: str) -> Path:
+def save_screenshot(page, tmp_path, name: str, full_page: bool = True) -> Path:
     shot = tmp_path / name
-    page.screenshot(path=str(shot), full_page=True)
+    page.screenshot(path=str(shot), full_page=full_page)
+    assert shot.stat().st_size > 20_000  # a page, not a blank
     target = os.environ.get("LLM_METRICS_SCREENSHOTS")
     if target:
         folder = Path(target) if Path(target).is_absolute() else ROOT / target
@@ -433,7 +434,7 @@ def test_readable_on_a_phone(browser, live, tmp_path):
     # Chart text is drawn at its size on the screen, not scaled down with a desktop drawing.
     tick = page.locator("#requests-chart text.y-tick").first.bounding_box()
     assert tick["height"] >= 10
-    save_screenshot(page, tmp_path, "dashboard-phone.png")
+    save_screenshot(page, tmp_path, "dashboard-phone.png", full_page=False)
     page.locator("#requests-chart rect.hit").last.tap()
     expect(page.locator("#tooltip")).to_be_visible()
     page.close()
