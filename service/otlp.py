@@ -264,8 +264,13 @@ def count_records(body: bytes, content_type: str, kind: str) -> int:
             message.ParseFromString(body)
         except DecodeError as exc:
             raise ApiError(400, f"malformed OTLP protobuf body: {exc}") from None
-        document = json_format.MessageToDict(message)
-    elif media == JSON:
+        if kind == "logs":
+            return sum(len(scope.log_records) for resource in message.resource_logs
+                       for scope in resource.scope_logs)
+        return sum(len(getattr(metric, metric.WhichOneof("data")).data_points)
+                   for resource in message.resource_metrics for scope in resource.scope_metrics
+                   for metric in scope.metrics if metric.WhichOneof("data"))
+    if media == JSON:
         document = _json_document(body)
         if not isinstance(document, dict):
             raise ApiError(400, f"an OTLP JSON export is an object with "
@@ -273,6 +278,7 @@ def count_records(body: bytes, content_type: str, kind: str) -> int:
     else:
         raise ApiError(415, f"unsupported content-type {content_type or '(none)'!r}: OTLP/HTTP "
                             f"sends {PROTOBUF} or {JSON}")
+    # JSON: counted from the document itself, without building protobuf messages.
     if kind == "logs":
         return sum(len(_items(scope, ("logRecords", "log_records"), "$"))
                    for resource in _items(document, ("resourceLogs", "resource_logs"), "$")
