@@ -203,7 +203,9 @@ async def test_a_year_0_event_already_in_the_log_breaks_no_reader(aiohttp_client
                                                "9999-12-31T23:59:59.999999Z"]
     for path in ["/events/metrics", "/events/metrics/sessions", "/events/metrics/session/old",
                  "/events/metrics/models", "/events/metrics/models/gpt-4",
-                 "/events/metrics/timeseries?bucket=1d"]:
+                 "/events/metrics/timeseries?bucket=1d", "/events/metrics/timeseries?bucket=1h",
+                 "/events/metrics/timeseries?bucket=1d&from=0001-01-01T00:00:00Z"
+                 "&to=0001-02-01T00:00:00Z", "/metrics"]:
         resp = await api.get(path, headers=AUTH)
         assert resp.status == 200, (path, await resp.text())
     session = await (await api.get("/events/metrics/session/old", headers=AUTH)).json()
