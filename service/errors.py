@@ -6,7 +6,8 @@ import logging
 
 import msgspec
 from aiohttp import web
-from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import (BadHttpMethod, BadStatusLine, HttpProcessingError,
+                                     LineTooLong)
 from aiohttp.web_protocol import RequestHandler
 
 from events.store import Issue, StoreError, StoreUnavailable
@@ -106,8 +107,10 @@ def _handle_parser_error(self, request, status=500, exc=None, message=None):
     if text is None:
         text = (exc.message if exc.message in _FIXED_PARSER_MESSAGES
                 else "a header is malformed or holds a character HTTP forbids")
-    log.warning("refused an unreadable HTTP request from %s (%s): %s", request.remote,
-                type(exc).__name__, text)
+    # Not HTTP at all (TLS or a scanner on the port) is noise, as aiohttp itself judges it.
+    level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.WARNING
+    log.log(level, "refused an unreadable HTTP request from %s (%s): %s", request.remote,
+            type(exc).__name__, text)
     response = json_error(status, f"malformed HTTP request: {text} (not echoed)")
     response.force_close()
     return response
