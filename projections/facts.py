@@ -163,6 +163,62 @@ SELECT r.* FROM requests r WHERE r.end_pos IN (
 """
 
 
+def _apply(cur, rows: Sequence[tuple[int, Record]]) -> None:
+    """Pair the rows' events by request, complete the halves already stored, write back."""
+    halves: dict[tuple[str, str], tuple] = {}
+    done: dict[tuple[str, str], tuple] = {}
+    for position, record in rows:
+        half = half_of(position, record)
+        key = (half[_SESSION], half[_REQUEST])
+        other = halves.get(key)
+        if key in done or (other is not None and _same_kind(other, half)):
+            continue  # a second event of one kind: see _same_kind
+        if other is None:
+            halves[key] = half
+        else:  # both events in this batch
+            del halves[key]
+            done[key] = merge(other, half) if other[_STATUS] == 0 else merge(half, other)
+    stored = []
+    if halves:
+        cur.register("batch_keys", _table(halves, _KEY_SCHEMA))
+        try:
+            stored = cur.execute(_STORED_HALVES).fetchall()
+        finally:
+            cur.unregister("batch_keys")
+    gone_pending, gone_requests = [], []
+    for row in stored:
+        key = (row[_SESSION], row[_REQUEST])
+        half = halves.pop(key, None)
+        if half is None or _same_kind(row, half):
+            continue
+        if row[_STATUS] == 0:
+            gone_pending.append(row[_START_POS])
+            done[key] = merge(tuple(row), half)
+        else:
+            gone_requests.append(row[_END_POS])
+            done[key] = merge(half, tuple(row))
+    if gone_pending:
+        cur.execute("DELETE FROM pending WHERE start_pos IN (SELECT unnest($1))", [gone_pending])
+    if gone_requests:
+        cur.execute("DELETE FROM requests WHERE end_pos IN (SELECT unnest($1))", [gone_requests])
+        cur.execute("DELETE FROM unstarted WHERE end_pos IN (SELECT unnest($1))",
+                    [gone_requests])
+    finished = list(done.values())
+    finished += [h for h in halves.values() if h[_STATUS] > 0]
+    started = [h for h in halves.values() if h[_STATUS] == 0]
+    unstarted = [(f[_SESSION], f[_REQUEST], f[_END_POS]) for f in finished
+                 if f[_START_POS] is None]
+    for table, new, schema in (("requests", finished, FACT_SCHEMA),
+                               ("pending", started, FACT_SCHEMA),
+                               ("unstarted", unstarted, _UNSTARTED_SCHEMA)):
+        if new:
+            cur.register("new_rows", _table(new, schema))
+            try:
+                cur.execute(f"INSERT INTO {table} SELECT * FROM new_rows")
+            finally:
+                cur.unregister("new_rows")
+
+
 def _event_key(record: Record) -> str:
     """What identifies the event at the tracked position, to tell this log from another."""
     if type(record) is Erased:
@@ -251,72 +307,19 @@ class Facts:
         return record_at_position is not None and _event_key(record_at_position) == self._event_key
 
     async def apply_rows(self, rows: Sequence[tuple[int, Record]]) -> None:
-        """Apply `(position, record)` rows, in increasing position order, after `position`."""
+        """Apply `(position, record)` rows, in increasing position order, after `position`.
+
+        All of it, the Python part included, runs in the engine's writer thread: a batch of
+        100k events takes a while to pair and convert, and the event loop must not wait."""
         rows = [row for row in rows if row[0] > self.position]
         if not rows:
             return
-        if any(type(record) is Erased for _, record in rows):
-            await self._apply_around_erasures(rows)
-            return
-        halves: dict[tuple[str, str], tuple] = {}
-        done: dict[tuple[str, str], tuple] = {}
-        for position, record in rows:
-            half = half_of(position, record)
-            key = (half[_SESSION], half[_REQUEST])
-            other = halves.get(key)
-            if key in done or (other is not None and _same_kind(other, half)):
-                continue  # a second event of one kind: see _same_kind
-            if other is None:
-                halves[key] = half
-            else:  # both events in this batch
-                del halves[key]
-                done[key] = merge(other, half) if other[_STATUS] == 0 else merge(half, other)
         newest = max(self.newest_event_us, max(r.timestamp_us for _, r in rows))
         last_position, last_key = rows[-1][0], _event_key(rows[-1][1])
         new_models = {r.model for _, r in rows} - self._models
 
         def apply(cur):
-            stored = []
-            if halves:
-                cur.register("batch_keys", _table(halves, _KEY_SCHEMA))
-                try:
-                    stored = cur.execute(_STORED_HALVES).fetchall()
-                finally:
-                    cur.unregister("batch_keys")
-            gone_pending, gone_requests = [], []
-            for row in stored:
-                key = (row[_SESSION], row[_REQUEST])
-                half = halves.pop(key, None)
-                if half is None or _same_kind(row, half):
-                    continue
-                if row[_STATUS] == 0:
-                    gone_pending.append(row[_START_POS])
-                    done[key] = merge(tuple(row), half)
-                else:
-                    gone_requests.append(row[_END_POS])
-                    done[key] = merge(half, tuple(row))
-            if gone_pending:
-                cur.execute("DELETE FROM pending WHERE start_pos IN (SELECT unnest($1))",
-                            [gone_pending])
-            if gone_requests:
-                cur.execute("DELETE FROM requests WHERE end_pos IN (SELECT unnest($1))",
-                            [gone_requests])
-                cur.execute("DELETE FROM unstarted WHERE end_pos IN (SELECT unnest($1))",
-                            [gone_requests])
-            finished = list(done.values())
-            finished += [h for h in halves.values() if h[_STATUS] > 0]
-            started = [h for h in halves.values() if h[_STATUS] == 0]
-            unstarted = [(f[_SESSION], f[_REQUEST], f[_END_POS]) for f in finished
-                         if f[_START_POS] is None]
-            for table, rows_, schema in (("requests", finished, FACT_SCHEMA),
-                                         ("pending", started, FACT_SCHEMA),
-                                         ("unstarted", unstarted, _UNSTARTED_SCHEMA)):
-                if rows_:
-                    cur.register("new_rows", _table(rows_, schema))
-                    try:
-                        cur.execute(f"INSERT INTO {table} SELECT * FROM new_rows")
-                    finally:
-                        cur.unregister("new_rows")
+            _apply(cur, rows)
             if new_models:
                 self._insert_prices(cur, new_models)
             cur.execute("UPDATE tracking SET position = ?, event_key = ?, newest_event_us = ?",
@@ -326,45 +329,6 @@ class Facts:
         self._models |= new_models
         self.position, self._event_key, self.newest_event_us = last_position, last_key, newest
         self.generation += 1
-
-    # ---- erasure (docs/event-log.md, "Erasure") -------------------------------------------------
-
-    async def _apply_around_erasures(self, rows: Sequence[tuple[int, Record]]) -> None:
-        """Apply `rows` in order, each `Erased` tombstone on its own, between the others."""
-        run: list[tuple[int, Record]] = []
-        for position, record in rows:
-            if type(record) is Erased:
-                await self.apply_rows(run)
-                run = []
-                await self._erase(position, record)
-            else:
-                run.append((position, record))
-        await self.apply_rows(run)
-
-    async def _erase(self, position: int, tomb: Erased) -> None:
-        """Forget every fact an event at one of `tomb.positions` made, and the prices of the
-        models no fact names any more; then rewrite the facts file, which would otherwise
-        keep the deleted strings in its freed blocks."""
-        key = _event_key(tomb)
-
-        def erase(cur) -> tuple[int, set[str]]:
-            gone = 0
-            for sql in ("DELETE FROM requests WHERE start_pos IN (SELECT unnest($1)) "
-                        "OR end_pos IN (SELECT unnest($1))",
-                        "DELETE FROM pending WHERE start_pos IN (SELECT unnest($1))",
-                        "DELETE FROM unstarted WHERE end_pos IN (SELECT unnest($1))"):
-                gone += cur.execute(sql, [list(tomb.positions)]).fetchone()[0]
-            cur.execute("DELETE FROM model_prices WHERE model NOT IN "
-                        "(SELECT model FROM requests UNION SELECT model FROM pending)")
-            cur.execute("UPDATE tracking SET position = ?, event_key = ?", [position, key])
-            return gone, {m for (m,) in cur.execute("SELECT DISTINCT model FROM model_prices")
-                          .fetchall()}
-
-        gone, self._models = await self.engine.write(erase)
-        self.position, self._event_key = position, key
-        self.generation += 1
-        if gone:
-            await self.engine.compact()
 
     def _insert_prices(self, cur, models: Iterable[str]) -> None:
         rows = price_rows(self.prices, sorted(models))

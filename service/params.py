@@ -30,17 +30,20 @@ def int_param(request: web.Request, name: str, default: int | None, low: int,
 
 
 def time_param(name: str, raw: str | None) -> int | None:
-    """An RFC 3339 time (`2026-11-27T10:00:00Z`) as microseconds since the epoch."""
+    """An RFC 3339 time (`2026-11-27T10:00:00Z`), or a date (`2026-11-27`: UTC midnight), as
+    microseconds since the epoch."""
     if raw is None or raw == "":
         return None
+    if len(raw) == 10 and raw[4] == "-" and raw[7] == "-":
+        raw += "T00:00:00+00:00"
     try:
         # A `+` in a query string arrives as a space when the client did not encode it.
         value = datetime.fromisoformat(raw.replace(" ", "+"))
     except ValueError:
         value = None
     if value is None or value.tzinfo is None:
-        raise ApiError(400, f"query parameter {name!r} must be an RFC 3339 time with an offset, "
-                            f"e.g. 2026-11-27T10:00:00Z, got {raw!r}")
+        raise ApiError(400, f"query parameter {name!r} must be an RFC 3339 time with an offset "
+                            f"(2026-11-27T10:00:00Z) or a date (2026-11-27), got {raw!r}")
     return codec.timestamp_to_us(value)
 
 

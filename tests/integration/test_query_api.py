@@ -78,6 +78,9 @@ async def test_filters_repeat_as_any_of_and_windows_use_the_terminal_event_time(
                              + urllib.parse.quote(f.stamp(86_400)) + "&to="
                              + urllib.parse.quote(f.stamp(2 * 86_400)))
     assert day2["rows"][0]["total_requests"] == 2
+    day1 = await get(client, "/events/metrics/query?measures=total_requests&from="
+                             + f.stamp(0)[:10] + "&to=" + f.stamp(86_400)[:10])
+    assert day1["rows"][0]["total_requests"] == 2  # bare dates: UTC midnight
     tagged = await get(client, "/events/metrics/query?tag=chat&measures=total_requests"
                                "&group_by=error_type")
     assert {r["error_type"]: r["total_requests"] for r in tagged["rows"]} == {
