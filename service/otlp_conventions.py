@@ -105,6 +105,21 @@ def is_llm_call(attributes: dict[str, Any]) -> bool:
             or attributes.get(LANGFUSE_TYPE) == "generation")
 
 
+# openlit's failed anthropic calls carry no attribute at all: its scope and the span name
+# (`{operation} {model}`, the GenAI span-name convention) still say what they were.
+_SPAN_NAME = re.compile(r"^(chat|text_completion|generate_content) (\S+)$")
+OPENLIT_SCOPE = "openlit.instrumentation."
+
+
+def from_span_name(scope: str, name: str) -> dict[str, Any]:
+    """The attributes an attribute-less openlit span stands for ({} for any other span)."""
+    match = _SPAN_NAME.match(name) if scope.startswith(OPENLIT_SCOPE) else None
+    if match is None:
+        return {}
+    return {OPERATION: match.group(1), REQUEST_MODEL: match.group(2),
+            "gen_ai.provider.name": scope.removeprefix(OPENLIT_SCOPE)}
+
+
 def read_call(attributes: dict, resource: dict, start_ns: int,
               events: list[tuple[str, int, dict]]) -> Call:
     """The call `attributes` describe; `events` are the span's (name, time_ns, attributes)."""

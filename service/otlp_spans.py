@@ -136,6 +136,8 @@ def map_request(request: ExportTraceServiceRequest) -> ExportMapping:
         for ss in rs.scope_spans:
             for span in ss.spans:
                 attributes = attributes_of(span.attributes, READ_ATTRIBUTES)
+                if not attributes:
+                    attributes = conventions.from_span_name(ss.scope.name, span.name)
                 if not conventions.is_llm_call(attributes):
                     ignored += 1
                 elif attributes.get(conventions.OPERATION) == EXECUTE_TOOL:

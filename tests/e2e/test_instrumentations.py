@@ -166,3 +166,17 @@ def test_logfire_stream_spans_are_one_call(server, stubs):
     expected = [openai_call(reasoning=None), openai_call(tool=True, reasoning=None),
                 openai_call(reasoning=None), failure("RateLimitError")]
     check(ended, expected, stream_index=2, ttft=False)
+
+
+def test_openlit_openai_and_anthropic(server, stubs):
+    ended = drive(server, stubs, "openlit", "openlit")
+    # openlit reports Anthropic's own input count (without the cache: the service adds the
+    # cache parts back) and no cache at all in Anthropic streams; no reasoning tokens. Its
+    # failed Anthropic span has no attributes: its scope and name say what it was.
+    stream = dict(anthropic_call(), prompt_tokens=ANTHROPIC_USAGE["input_tokens"],
+                  cached_prompt_tokens=None, cache_write_prompt_tokens=None)
+    expected = [openai_call(reasoning=None), openai_call(tool=True, reasoning=None),
+                openai_call(reasoning=None), failure("RateLimitError"),
+                anthropic_call(), anthropic_call(tool=True), stream,
+                failure("RateLimitError")]
+    check(ended, expected, stream_index=6, ttft=True, one_session=False)
