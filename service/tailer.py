@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 # How often a failure to tail (database down, undecodable row) is logged while it lasts.
 _LOG_EVERY_S = 30.0
 # While a commit waits to become visible, read this often even without a NOTIFY (the
-# transaction below it may roll back, which sends none).
-_WAITING_POLL_S = 0.005
+# transaction below it may roll back, which sends none). Every commit's NOTIFY wakes the tailer
+# at once anyway; polling faster only adds reads that compete with the appends.
+_WAITING_POLL_S = 0.05
 # A commit not visible after this long is answered anyway: it is durable, and the tailer
 # applies it when it can (the replica then reports itself behind).
 _VISIBLE_WAIT_S = 10.0

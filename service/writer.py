@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 # Upper bound of events in one transaction: keeps one commit's latency bounded.
 MAX_GROUP_EVENTS = 50_000
+# Groups committed but not answered yet: the next group commits while the follower brings the
+# read models up to the previous ones (on a shared log that waits for older transactions of
+# other replicas to end), in order.
+MAX_UNANSWERED_GROUPS = 4
 
 
 class Overloaded(Exception):
@@ -90,6 +94,7 @@ class Writer:
         self._closing = False
         self._task: asyncio.Task | None = None
         self.appended = 0
+        self._unanswered: deque[asyncio.Task] = deque()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-writer")
@@ -112,6 +117,13 @@ class Writer:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        await self._answered(0)
+
+    async def _answered(self, at_most: int) -> None:
+        """Wait until at most `at_most` committed groups are still to be answered."""
+        while len(self._unanswered) > at_most:
+            await asyncio.wait([self._unanswered[0]])
+            self._unanswered.popleft()
 
     async def _run(self) -> None:
         while True:
@@ -158,7 +170,20 @@ class Writer:
             for item in group:
                 await self._commit([item])
             return
-        await self.follower.committed(results)
+        previous = self._unanswered[-1] if self._unanswered else None
+        self._unanswered.append(asyncio.create_task(self._answer(group, results, previous)))
+        await self._answered(MAX_UNANSWERED_GROUPS - 1)
+
+    async def _answer(self, group: list[tuple[Sequence[NewEvent], asyncio.Future]],
+                      results: list[Accepted | Rejected], previous: asyncio.Task | None) -> None:
+        """Bring the read models up to a committed group, then answer its requests; groups
+        are answered in commit order, so the read models see positions in order."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            await self.follower.committed(results)
+        except Exception:
+            log.exception("committed events could not be applied to the read models")
         self.appended += sum(r.appended for r in results if isinstance(r, Accepted))
         for (_, future), result in zip(group, results):
             if not future.done():
