@@ -314,6 +314,9 @@ class Facts:
         rows = [row for row in rows if row[0] > self.position]
         if not rows:
             return
+        if any(type(record) is Erased for _, record in rows):
+            await self._apply_around_erasures(rows)
+            return
         newest = max(self.newest_event_us, max(r.timestamp_us for _, r in rows))
         last_position, last_key = rows[-1][0], _event_key(rows[-1][1])
         new_models = {r.model for _, r in rows} - self._models
@@ -329,6 +332,45 @@ class Facts:
         self._models |= new_models
         self.position, self._event_key, self.newest_event_us = last_position, last_key, newest
         self.generation += 1
+
+    # ---- erasure (docs/event-log.md, "Erasure") -------------------------------------------------
+
+    async def _apply_around_erasures(self, rows: Sequence[tuple[int, Record]]) -> None:
+        """Apply `rows` in order, each `Erased` tombstone on its own, between the others."""
+        run: list[tuple[int, Record]] = []
+        for position, record in rows:
+            if type(record) is Erased:
+                await self.apply_rows(run)
+                run = []
+                await self._erase(position, record)
+            else:
+                run.append((position, record))
+        await self.apply_rows(run)
+
+    async def _erase(self, position: int, tomb: Erased) -> None:
+        """Forget every fact an event at one of `tomb.positions` made, and the prices of the
+        models no fact names any more; then rewrite the facts file, which would otherwise
+        keep the deleted strings in its freed blocks."""
+        key = _event_key(tomb)
+
+        def erase(cur) -> tuple[int, set[str]]:
+            gone = 0
+            for sql in ("DELETE FROM requests WHERE start_pos IN (SELECT unnest($1)) "
+                        "OR end_pos IN (SELECT unnest($1))",
+                        "DELETE FROM pending WHERE start_pos IN (SELECT unnest($1))",
+                        "DELETE FROM unstarted WHERE end_pos IN (SELECT unnest($1))"):
+                gone += cur.execute(sql, [list(tomb.positions)]).fetchone()[0]
+            cur.execute("DELETE FROM model_prices WHERE model NOT IN "
+                        "(SELECT model FROM requests UNION SELECT model FROM pending)")
+            cur.execute("UPDATE tracking SET position = ?, event_key = ?", [position, key])
+            return gone, {m for (m,) in cur.execute("SELECT DISTINCT model FROM model_prices")
+                          .fetchall()}
+
+        gone, self._models = await self.engine.write(erase)
+        self.position, self._event_key = position, key
+        self.generation += 1
+        if gone:
+            await self.engine.compact()
 
     def _insert_prices(self, cur, models: Iterable[str]) -> None:
         rows = price_rows(self.prices, sorted(models))

@@ -689,3 +689,26 @@ async def position_at(store: EventStore, recorded_us: int) -> int:
 
 def utc(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, timezone.utc)
+
+
+# ---- erasure -----------------------------------------------------------------------------------
+
+async def positions_of(facts: Facts, *, session_id: str | None = None,
+                       user_id: str | None = None, older_than_us: int | None = None
+                       ) -> list[int]:
+    """The log positions of every event of the requests of one session, of one user (any of
+    a request's events naming them), or older than a time (a finished request by its
+    terminal event, a pending one by its start): what an erasure deletes."""
+    if session_id is not None:
+        where, params = "session_id = $1", [session_id]
+    elif user_id is not None:
+        where, params = "list_contains(users, $1)", [user_id]
+    elif older_than_us is not None:
+        where, params = "coalesce(end_us, start_us) < $1", [older_than_us]
+    else:
+        raise ValueError("positions_of needs session_id, user_id or older_than_us")
+    rows = await facts.engine.read(
+        f"SELECT p FROM (SELECT unnest([start_pos, end_pos]) AS p FROM requests WHERE {where} "
+        f"UNION ALL SELECT start_pos FROM pending WHERE {where}) WHERE p IS NOT NULL ORDER BY p",
+        params)
+    return [p for (p,) in rows]
