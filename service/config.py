@@ -45,6 +45,8 @@ class Config:
     stale_after: float = 600.0
     query_timeout: float = 30.0
     top_models: int = 100
+    retention: float = 0.0
+    retention_sweep: float = 3600.0
 
     @property
     def facts_path(self) -> str:
@@ -132,6 +134,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    """`90d`, `12h`, `30m`, `45s`, `2w` or plain seconds, as seconds; `0`/`forever`: none."""
+    lowered = text.strip().lower()
+    if lowered in ("", "0", "forever", "none", "off"):
+        return 0.0
+    match = _DURATION.fullmatch(lowered)
+    if match is None or float(match[1]) <= 0:
+        raise ValueError("expected a duration such as 90d, 12h, 30m or 45s (or 0/forever)")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
 SETTINGS = [
     Setting("host", "LLM_METRICS_HOST", str, "address to listen on"),
     Setting("port", "LLM_METRICS_PORT", int, "port to listen on"),
@@ -194,6 +211,11 @@ SETTINGS = [
     Setting("top_models", "LLM_METRICS_TOP_MODELS", int,
             "GET /metrics: series for this many models (most requests first); the rest add up "
             "in one `model=\"other\"` series"),
+    Setting("retention", "LLM_METRICS_RETENTION", _duration,
+            "erase every request older than this, by event time (`90d`, `12h`, `30m`; "
+            "`0` or `forever`: keep everything); see Data lifecycle"),
+    Setting("retention_sweep", "LLM_METRICS_RETENTION_SWEEP", _seconds,
+            "seconds between two retention sweeps (one also runs at startup)"),
 ]
 
 

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import msgspec
 
 from events import codec
+from events.records import Erased
 from events.store import EventStore
 from service import params
 from service.problems import ApiError
@@ -38,6 +39,8 @@ async def read_page(store: EventStore, after: int, limit: int,
             # Skipping would make an export silently incomplete; say where the log is damaged.
             raise ApiError(500, f"the event at position {position} cannot be decoded ({exc}); "
                                 "see `python -m service replay --skip-undecodable`") from None
+        if type(record) is Erased:
+            continue  # a tombstone is the log's own record, not an event to post back
         ts = record.timestamp_us
         if (start_us is not None and ts < start_us) or (end_us is not None and ts >= end_us):
             continue

@@ -8,6 +8,7 @@ from events.store import EventStore
 from projections.facts import Facts
 from service.alerts.manager import Alerts
 from service.config import Config
+from service.lifecycle import Lifecycle
 from service.price_book import PriceBook
 from service.stream import MetricsStream
 from service.writer import Writer
@@ -24,3 +25,5 @@ STREAM = web.AppKey("stream", MetricsStream)
 PRICE_BOOK = web.AppKey("price_book", PriceBook)
 # Alert rules, their states and the webhook outbox (service/alerts/).
 ALERTS = web.AppKey("alerts", Alerts)
+# Erasure and the retention sweep (service/lifecycle.py).
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

@@ -25,7 +25,7 @@ from msgspec import Meta
 from events.schema import WireEvent
 from projections.prices import PriceSaved, PricesDocument
 from projections import query, views
-from service import handlers, keys, otlp, stream
+from service import handlers, keys, lifecycle_handlers, otlp, stream
 from service.alerts import manager as alerts
 from service.alerts.rules import Rule
 from service.auth import HEADER, is_public
@@ -256,6 +256,17 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {200: {JSON: PriceSaved}}, errors=(409,),
         description="Admin key only. 409 (the saved table stays) when the configured file "
                     "cannot be used."),
+    ("DELETE", "/events/sessions/{session_id}"): Operation(
+        "Erase every event of a session's requests for good (admin key)",
+        {200: {JSON: lifecycle_handlers.Deleted}},
+        description="Gone from every answer, the export, the log file and the facts file "
+                    "once this answers (README, Data lifecycle); re-posting an erased event "
+                    "is a duplicate. An unknown session is `deleted_events: 0`."),
+    ("DELETE", "/events/users/{user_id}"): Operation(
+        "Erase every event of every request any event of which names the user (admin key)",
+        {200: {JSON: lifecycle_handlers.Deleted}},
+        description="As for a session; a request counts as the user's when any of its events "
+                    "carries the `user_id`. An unknown user is `deleted_events: 0`."),
     ("POST", "/alerts/rules"): Operation(
         "Create an alert rule (admin key)", {201: {JSON: alerts.RuleDetail}},
         request={JSON: Rule}, errors=(409,),

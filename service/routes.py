@@ -5,13 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from service import alert_handlers as alerts, dashboard, handlers, reads
-from service import openapi, otlp, price_api, prometheus
+from service import lifecycle_handlers as lifecycle, openapi, otlp, price_api, prometheus
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/health", handlers.health)
     app.router.add_post("/events", handlers.post_events)
     app.router.add_get("/events", handlers.get_log)
+    app.router.add_delete("/events/sessions/{session_id:[\\s\\S]+}", lifecycle.delete_session)
+    app.router.add_delete("/events/users/{user_id:[\\s\\S]+}", lifecycle.delete_user)
     app.router.add_get("/events/metrics", reads.get_global)
     app.router.add_get("/events/metrics/sessions", reads.get_sessions)
     app.router.add_get("/events/metrics/query", reads.get_query)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Callable, Protocol, Sequence
+from typing import Awaitable, Callable, Protocol, Sequence
 
 from events.records import Record
-from events.store import Accepted, EventStore, NewEvent, Rejected, StoreError, StoreUnavailable
+from events.store import (Accepted, Erasure, EventStore, NewEvent, Rejected, StoreError,
+                          StoreUnavailable)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ class Writer:
         self._task: asyncio.Task | None = None
         self.appended = 0
         self._unanswered: deque[asyncio.Task] = deque()
+        # Held by each group's append: `erase` runs between two of them.
+        self._turn = asyncio.Lock()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-writer")
@@ -110,6 +113,19 @@ class Writer:
         self._pending_events += len(batch)
         self._wakeup.set()
         return await future
+
+    async def erase(self, erase: Callable[[], Awaitable[Erasure]]) -> Erasure:
+        """Run `erase()` (a store erasure) between two group commits, then bring the read
+        models past its tombstone, as after a commit: once this returns, no answer of this
+        replica shows the erased events."""
+        async with self._turn:
+            await self._answered(0)  # its tombstone comes after every committed group
+            erasure = await erase()
+            if erasure.rows:
+                await self.follower.committed([Accepted(1, 0, erasure.position, erasure.rows)])
+        if erasure.rows and self._on_commit is not None:
+            self._on_commit(self._models.position)
+        return erasure
 
     async def close(self) -> None:
         """Stop taking new batches, finish the queued ones, stop the task."""
@@ -135,7 +151,8 @@ class Writer:
                 continue
             group = self._take_group()
             try:
-                await self._commit(group)
+                async with self._turn:
+                    await self._commit(group)
             except Exception:  # never let the writer die: every request gets an answer
                 log.exception("writer failed on a group of %d batches", len(group))
                 for _, future in group:
