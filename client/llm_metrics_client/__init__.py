@@ -23,7 +23,10 @@ __all__ = ["AsyncMetricsClient", "Backoff", "MetricsClient", "Request", "Stats"]
 def __getattr__(name: str):
     # aiohttp is an extra: importing the package (and the sync client) must not need it.
     if name == "AsyncMetricsClient":
-        from llm_metrics_client.aio import AsyncMetricsClient
-
+        try:
+            from llm_metrics_client.aio import AsyncMetricsClient
+        except ImportError as exc:
+            raise ImportError(f"AsyncMetricsClient needs aiohttp ({exc}): "
+                              "pip install 'llm-metrics-client[async]'") from exc
         return AsyncMetricsClient
     raise AttributeError(f"module 'llm_metrics_client' has no attribute {name!r}")

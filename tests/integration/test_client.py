@@ -277,9 +277,9 @@ def test_the_sync_client_and_the_wrappers_import_without_aiohttp():
     code = ("import sys; sys.modules['aiohttp'] = None\n"
             "import llm_metrics_client, llm_metrics_client.openai, llm_metrics_client.anthropic\n"
             "from llm_metrics_client import MetricsClient\n"
-            "try:\n    llm_metrics_client.AsyncMetricsClient\nexcept ImportError:\n"
-            "    print('async needs aiohttp')\n")
+            "try:\n    llm_metrics_client.AsyncMetricsClient\nexcept ImportError as e:\n"
+            "    print('async needs aiohttp', 'llm-metrics-client[async]' in str(e))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "async needs aiohttp"
+    assert done.stdout.strip() == "async needs aiohttp True"
