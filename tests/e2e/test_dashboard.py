@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import time
 import urllib.request
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -489,3 +490,17 @@ def test_the_page_is_confined_by_its_headers(browser, tmp_path):
         assert framed.url.startswith("chrome-error://")  # Chromium refused to frame it
         assert framed.evaluate("document.getElementById('login')") is None
         page.close()
+
+
+def test_the_service_keeps_answering_after_a_dashboard_is_closed(browser, tmp_path):
+    """The stream notices a closed tab at its next keep-alive; the service must not care."""
+    from service.stream import HEARTBEAT_S
+
+    with ServerProcess(tmp_path / "closed.db") as server:
+        page = open_page(browser, server)
+        page.close()
+        time.sleep(HEARTBEAT_S + 3)
+        began = time.monotonic()
+        with urllib.request.urlopen(server.url + "/health", timeout=10) as reply:
+            assert reply.status == 200
+        assert time.monotonic() - began < 2
