@@ -94,8 +94,10 @@ class Receiver:
         return [r for r in self.requests() if all(r.json.get(k) == v for k, v in matching.items())]
 
     def _fail(self, count: int, timeout: float, matching: dict):
+        got = [r.json for r in self.requests()]
+        shown = f"{got[:20]}" + (f" and {len(got) - 20} more" if len(got) > 20 else "")
         raise AssertionError(f"expected {count} webhook requests matching {matching} within "
-                             f"{timeout} s, got {[r.json for r in self.requests()]}")
+                             f"{timeout} s, got {shown}")
 
     def wait_for(self, count: int, timeout: float = 15.0, **matching) -> list[Received]:
         """Block until `count` requests whose JSON body has the `matching` fields arrived."""

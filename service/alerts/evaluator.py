@@ -20,11 +20,14 @@ from service import webhooks
 log = logging.getLogger(__name__)
 
 DEBOUNCE_S = 0.5
+# Under steady ingest, evaluations start at most this often: the rest of the time is ingest's.
+MIN_GAP_S = 2.0
 INTERVAL_S = 30.0
 
 # (group key -> (group, value)) of every group the rule's question answered.
 Observed = dict[str, tuple[dict, float | None]]
-Observe = Callable[[object, Rule, int], Awaitable[Observed]]
+# (facts, rule, newest event time, log position) -> what the rule's question answers.
+Observe = Callable[[object, Rule, int, int], Awaitable[Observed]]
 
 
 def decide(rule: Rule, states: list[State], observed: Observed,
@@ -66,6 +69,9 @@ class Evaluator:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.evaluations = 0
+        # Every event up to this log position was taken into account by the last evaluation.
+        self.evaluated_position = 0
+        self.evaluated_us: int | None = None
 
     def notify(self, position: int | None = None) -> None:
         """New events were applied (or a rule was added): evaluate soon. Never blocks."""
@@ -82,12 +88,15 @@ class Evaluator:
                 await self._task
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -MIN_GAP_S
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._interval_s)
             # Let a burst of commits land before asking: one evaluation covers them all.
-            await asyncio.sleep(DEBOUNCE_S)
+            await asyncio.sleep(max(DEBOUNCE_S, last + MIN_GAP_S - loop.time()))
             self._wakeup.clear()
+            last = loop.time()
             try:
                 await self.evaluate()
             except Exception:
@@ -95,14 +104,14 @@ class Evaluator:
 
     async def evaluate(self) -> int:
         """Evaluate every rule once; returns the number of state changes recorded."""
-        newest_us = self._facts.newest_event_us
+        # Read together (nothing awaits between): the newest event time of that log position.
+        position, newest_us = self._facts.position, self._facts.newest_event_us
         self.evaluations += 1
-        if not newest_us:
-            return 0  # no event yet: no window can be placed
         changes = 0
-        for rule, _ in await self._store.rules():
+        # No event yet: no window can be placed.
+        for rule, _ in await self._store.rules() if newest_us else []:
             try:
-                observed = await self._observe(self._facts, rule, newest_us)
+                observed = await self._observe(self._facts, rule, newest_us, position)
             except Exception:
                 log.exception("alert rule %r could not be evaluated", rule.name)
                 continue
@@ -114,4 +123,5 @@ class Evaluator:
                 changes += len(changed)
         if changes:
             self._on_changes()
+        self.evaluated_position, self.evaluated_us = position, webhooks.now_us()
         return changes

@@ -72,7 +72,9 @@ class Alerts:
                       measure=rule.measure, op=rule.op, threshold=rule.threshold,
                       window=rule.window)
             for state in await self.store.states(state="firing")
-            if (rule := rules.get(state.rule)) is not None])
+            if (rule := rules.get(state.rule)) is not None],
+            self.evaluator.evaluated_position,
+            rfc3339(self.evaluator.evaluated_us) if self.evaluator.evaluated_us else None)
 
     async def deliveries(self, limit: int) -> DeliveryList:
         return DeliveryList([_delivery_view(d) for d in await self.store.deliveries(limit)])
@@ -133,6 +135,9 @@ class RuleList(msgspec.Struct):
 
 class AlertList(msgspec.Struct):
     alerts: list[AlertView]
+    # The last evaluation took every event up to this log position into account.
+    position: int
+    evaluated_at: str | None
 
 
 class DeliveryList(msgspec.Struct):

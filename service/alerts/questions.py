@@ -28,11 +28,12 @@ def question(rule: Rule, newest_us: int, as_of_position: int | None = None) -> Q
         sort=rule.group_by, order="asc", limit=MAX_LIMIT)
 
 
-async def observe(facts, rule: Rule, newest_us: int) -> dict[str, tuple[dict, float | None]]:
-    """group key -> (group, value) for every group the window holds; the whole service is the
-    group `{}` (present even without requests, with the value of an empty window)."""
-    # Every page sees the same log, however much is appended meanwhile.
-    q = question(rule, newest_us, as_of_position=facts.position)
+async def observe(facts, rule: Rule, newest_us: int,
+                  position: int) -> dict[str, tuple[dict, float | None]]:
+    """group key -> (group, value) for every group the window holds, as of log `position`
+    (every page sees the same log, however much is appended meanwhile); the whole service is
+    the group `{}` (present even without requests, with the value of an empty window)."""
+    q = question(rule, newest_us, as_of_position=position)
     observed: dict[str, tuple[dict, float | None]] = {}
     while True:
         answer = await ask(facts, q)

@@ -36,6 +36,7 @@ _SCHEMA = (
         status TEXT NOT NULL DEFAULT 'pending', last_status INTEGER, last_error TEXT,
         done_us INTEGER)""",
     "CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, rule, group_key, seq)",
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_us)",
     f"PRAGMA user_version={SCHEMA_VERSION}",
 )
 
@@ -68,6 +69,17 @@ class Change(msgspec.Struct, frozen=True):
     signature: str | None
 
 
+class Attempt(msgspec.Struct, frozen=True):
+    """How one attempt ended: `status` is 'delivered', 'pending' (retry at `next_us`) or
+    'failed' (given up)."""
+
+    delivery_id: str
+    status: str
+    http_status: int | None
+    error: str | None
+    next_us: int
+
+
 class Delivery(msgspec.Struct, frozen=True):
     id: str
     rule: str
@@ -90,8 +102,11 @@ _DELIVERY_COLUMNS = ("id, rule, group_json, state, url, body, signature, created
 
 
 # The oldest pending delivery of its (rule, group): the only one of the group that may be sent.
-_GROUP_HEAD = ("d.status = 'pending' AND d.seq = (SELECT MIN(seq) FROM deliveries "
-               "WHERE status = 'pending' AND rule = d.rule AND group_key = d.group_key)")
+# Read through `deliveries_due` in time order, each row probing `deliveries_pending` once: a
+# page of due deliveries costs its own size, however many are pending.
+_GROUP_HEAD = ("d.status = 'pending' AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE "
+               "e.status = 'pending' AND e.rule = d.rule AND e.group_key = d.group_key "
+               "AND e.seq < d.seq)")
 
 
 def _delivery(row) -> Delivery:
@@ -249,23 +264,22 @@ class AlertStore:
         a group's deliveries go out in the order its state changed."""
         rows = await self._fetch(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d WHERE {_GROUP_HEAD} AND next_us <= ? "
-            "ORDER BY next_us, seq LIMIT ?", (now_us, limit))
+            "ORDER BY next_us LIMIT ?", (now_us, limit))
         return [_delivery(row) for row in rows]
 
     async def next_due_us(self) -> int | None:
         """When the earliest sendable delivery is due (None when nothing is pending)."""
-        rows = await self._fetch(f"SELECT MIN(next_us) FROM deliveries d WHERE {_GROUP_HEAD}")
-        return rows[0][0]
+        rows = await self._fetch(
+            f"SELECT next_us FROM deliveries d WHERE {_GROUP_HEAD} ORDER BY next_us LIMIT 1")
+        return rows[0][0] if rows else None
 
-    async def attempted(self, delivery_id: str, *, status: str, http_status: int | None,
-                        error: str | None, next_us: int, now_us: int) -> None:
-        """Record one attempt: `status` is 'delivered', 'pending' (retry at `next_us`) or
-        'failed' (given up). A delivery cancelled meanwhile stays cancelled."""
-        done = None if status == "pending" else now_us
+    async def attempted(self, attempts: list[Attempt], now_us: int) -> None:
+        """Record attempts, in one transaction. A delivery cancelled meanwhile stays cancelled."""
         await self._transaction([(
             "UPDATE deliveries SET attempts = attempts + 1, status = ?, last_status = ?, "
             "last_error = ?, next_us = ?, done_us = ? WHERE id = ? AND status = 'pending'",
-            (status, http_status, error, next_us, done, delivery_id))])
+            (a.status, a.http_status, a.error, a.next_us,
+             None if a.status == "pending" else now_us, a.delivery_id)) for a in attempts])
 
     async def retry_pending_now(self, now_us: int) -> int:
         """Make every pending delivery due now (at startup); returns how many are pending."""
