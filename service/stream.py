@@ -123,7 +123,7 @@ class MetricsStream:
         mailbox: asyncio.Queue = asyncio.Queue(MAILBOX)
         # The first message is a resync, built by the publisher (rendering is a query).
         self._resyncs.add(mailbox)
-        self._moved.set()
+        self.notify(self._models.position)
         self._subscribers.add(mailbox)
         try:
             yield mailbox
