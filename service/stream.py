@@ -146,32 +146,36 @@ class MetricsStream:
             moved = self._moved
             if self._models.position == self._published and not self._resyncs:
                 await moved.wait()
-            if self._resyncs:
-                frame = await self._resync()
-                for mailbox in list(self._resyncs):
-                    _replace_all(mailbox, frame)
-                self._resyncs.clear()
-                if self._models.position == self._published:
-                    continue
-            if not self._subscribers:
-                # Nobody listens: remember where we are and skip reading the log.
-                self._published = self._models.position
-                continue
             began = time.perf_counter()
             try:
-                frame = await self._next_update()
-            except Exception:  # a failed read must not end the stream for good
+                await self._publish()
+            except Exception:  # a failed query must not end the stream for good
                 log.exception("could not build a metrics update")
-                frame = await self._resync()
                 self._published = self._models.position
-            for mailbox in list(self._subscribers):
-                if mailbox.full():
-                    _replace_all(mailbox, await self._resync())
-                else:
-                    mailbox.put_nowait(frame)
-            # Rendering runs on the event loop; when it is slow (a huge state), space the updates
-            # out so the stream never takes more than about a tenth of the loop's time.
+            # Space the updates by a multiple of the time they took: a dashboard cannot show
+            # more, and the queries never take more than about a tenth of the machine.
             await asyncio.sleep(max(MIN_INTERVAL_S, (time.perf_counter() - began) * LOOP_SHARE))
+
+    async def _publish(self) -> None:
+        if self._resyncs:
+            frame = await self._resync()
+            for mailbox in list(self._resyncs):
+                _replace_all(mailbox, frame)
+            self._resyncs.clear()
+        if self._models.position == self._published:
+            return
+        if not self._subscribers:
+            # Nobody listens: remember where we are and skip reading the log.
+            self._published = self._models.position
+            return
+        frame = await self._next_update()
+        resync = None
+        for mailbox in list(self._subscribers):
+            if mailbox.full():
+                resync = resync or await self._resync()
+                _replace_all(mailbox, resync)
+            else:
+                mailbox.put_nowait(frame)
 
     async def _next_update(self) -> bytes:
         start, end = self._published, self._models.position
