@@ -180,3 +180,11 @@ def test_openlit_openai_and_anthropic(server, stubs):
                 anthropic_call(), anthropic_call(tool=True), stream,
                 failure("RateLimitError")]
     check(ended, expected, stream_index=6, ttft=True, one_session=False)
+
+
+def test_traceloop_sdk_association_properties(server, stubs):
+    ended = drive(server, stubs, "traceloop", "traceloop", session="tl-session")
+    # As OpenLLMetry (it is its SDK): no reasoning tokens in streams.
+    expected = [openai_call(), openai_call(tool=True), openai_call(reasoning=None),
+                failure("RateLimitError")]
+    check(ended, expected, stream_index=2, ttft=False, session="tl-session", user="user-7")

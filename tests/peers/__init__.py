@@ -49,8 +49,10 @@ def peer_python(name: str) -> Path:
     offline = _pip(python, "install", "--no-index", "--find-links", str(WHEELS),
                    "-r", str(requirements), timeout=BUILD_TIMEOUT_S)
     if offline.returncode != 0:
-        fetched = _pip(python, "download", "-d", str(WHEELS), "--no-deps", "-r",
-                       str(requirements), timeout=BUILD_TIMEOUT_S)
+        # `pip wheel` keeps downloaded wheels and builds the few sdists (cuid) into wheels,
+        # so the offline install above works next time.
+        fetched = _pip(python, "wheel", "-w", str(WHEELS), "--no-deps", "--find-links",
+                       str(WHEELS), "-r", str(requirements), timeout=BUILD_TIMEOUT_S)
         installed = fetched.returncode == 0 and _pip(
             python, "install", "--no-index", "--find-links", str(WHEELS), "-r",
             str(requirements), timeout=BUILD_TIMEOUT_S)

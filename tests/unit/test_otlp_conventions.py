@@ -1,6 +1,6 @@
-"""The OTLP mapping on spans made with the real OpenTelemetry SDK: the attributes of traceloop-sdk
-(whose package did not install here in reasonable time), openlit's and Langfuse's other
-spellings, and edge cases; tests/e2e/test_instrumentations.py drives the libraries themselves."""
+"""The OTLP mapping on spans made with the real OpenTelemetry SDK: the spellings the libraries'
+test runs do not produce (Anthropic-style input counts, Langfuse's own usage keys, ...) and edge
+cases; tests/e2e/test_instrumentations.py drives the libraries themselves."""
 
 from __future__ import annotations
 
