@@ -16,8 +16,9 @@ from pathlib import Path
 
 import msgspec
 
-from bench import (common, disk, ingest_batch, ingest_single, memory, pg_ingest_batch,
-                   pg_ingest_single, pg_lag, pg_replay, reads, replay, startup, timeseries)
+from bench import (common, disk, ingest_batch, ingest_single, memory, pg_designs,
+                   pg_ingest_batch, pg_ingest_single, pg_lag, pg_replay, reads, replay, startup,
+                   timeseries)
 from bench.common import FULL, SMOKE, Figure, machine
 
 HERE = Path(__file__).resolve().parent
@@ -36,6 +37,7 @@ SCRIPTS = {
     "pg_ingest_single": pg_ingest_single,
     "pg_replay": pg_replay,
     "pg_lag": pg_lag,
+    "pg_designs": pg_designs,
 }
 
 

@@ -62,12 +62,11 @@ def replicas(url: str, count: int, **env: str):
     servers, files = [], []
     try:
         for n in range(count):
-            snapshot = scratch() / f"pg-replica-{n}.snapshot"
+            facts = scratch() / f"pg-replica-{n}.facts.duckdb"
             # The first argument only names the process's log file; LLM_METRICS_DB wins.
             server = ServerProcess(scratch() / f"pg-replica-{n}.db", LLM_METRICS_DB=url,
-                                   LLM_METRICS_SNAPSHOT=str(snapshot),
-                                   LLM_METRICS_SNAPSHOT_EVERY="0", **env)
-            files += [snapshot, server.log_path]
+                                   LLM_METRICS_FACTS=str(facts), **env)
+            files += [facts, facts.with_name(facts.name + ".wal"), server.log_path]
             servers.append(server.start())
         yield servers
     finally:

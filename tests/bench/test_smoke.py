@@ -21,8 +21,11 @@ pytestmark = pytest.mark.slow
 
 FIGURES = {"full replay", "memory", "disk", "startup", "metrics reads", "batch ingest",
            "single-event ingest"}
-PG_FIGURES = {"batch ingest, PostgreSQL", "single-event ingest, PostgreSQL, 2 replicas",
-              "full replay from PostgreSQL", "replication lag p99, PostgreSQL"}
+PG_FIGURES = {"batch ingest, PostgreSQL, 2 replicas", "single-event ingest, PostgreSQL, 1 replica",
+              "single-event ingest, PostgreSQL, 2 replicas",
+              "single-event ingest, PostgreSQL, 3 replicas",
+              "full replay from PostgreSQL", "replication lag p99, PostgreSQL",
+              "store appends, PostgreSQL, horizon, 2 replicas"}
 # Without a PostgreSQL server the pg_* scripts are left out of the smoke run (not failed).
 PG_MISSING = unreachable()
 if PG_MISSING is None:
@@ -34,7 +37,7 @@ def smoke(tmp_path_factory) -> tuple[Results, str]:
     out = tmp_path_factory.mktemp("bench")
     only = ["--only", *(n for n in SCRIPTS if not n.startswith("pg_"))] if PG_MISSING else []
     done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out), *only],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     results = msgspec.json.decode((out / "results.json").read_bytes(), type=Results)
     assert (out / "results.md").read_text() in done.stdout
