@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
-import signal
 import platform
 import resource
+import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,10 +27,14 @@ __all__ = ["ROOT", "ServerProcess", "free_port"]
 
 
 class Sizes(msgspec.Struct, frozen=True):
-    """How big each workload is: `FULL` for `make bench`, `SMOKE` for the test suite."""
+    """How big each workload is: `FULL` for `make bench`, `SMOKE` for the test suite.
+    `big_events` / `big_sessions` are the second log of the read-side figures (10M events):
+    measured when its cache exists, or built first with `python -m bench --big`."""
 
     events: int
     sessions: int
+    big_events: int
+    big_sessions: int
     startup_tail: int
     startup_runs: int
     batch_events: int
@@ -40,10 +45,11 @@ class Sizes(msgspec.Struct, frozen=True):
     warmup: float
 
 
-FULL = Sizes(events=1_000_000, sessions=100_000, startup_tail=10_000, startup_runs=5,
+FULL = Sizes(events=1_000_000, sessions=100_000, big_events=10_000_000, big_sessions=1_000_000,
+             startup_tail=10_000, startup_runs=5,
              batch_events=200_000, batch_size=1_000, batch_clients=4, connections=64,
              seconds=5.0, warmup=1.0)
-SMOKE = Sizes(events=4_000, sessions=400, startup_tail=200, startup_runs=1, batch_events=2_000,
+SMOKE = Sizes(events=4_000, sessions=400, big_events=8_000, big_sessions=800, startup_tail=200, startup_runs=1, batch_events=2_000,
               batch_size=100, batch_clients=4, connections=8, seconds=0.3, warmup=0.1)
 
 
@@ -151,6 +157,8 @@ def bare_server():
 
 # Set by `python -m bench --profile DIR`: flame graphs of the measured processes go there.
 PROFILE_DIR: Path | None = None
+# Set by `python -m bench --big`: build the 10M-event log and its facts when not cached.
+BUILD_BIG = False
 
 
 @contextmanager
@@ -177,6 +185,60 @@ def service(db: str | Path, profile_as: str = "service", **env: str):
     server = ServerProcess(db, **env)
     with server, profiled(server.proc.pid, profile_as):
         yield server
+
+
+def process_rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` now, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def timed_get(url: str, headers: dict | None = None) -> tuple[float, bytes]:
+    """One GET over a fresh connection: (milliseconds until the whole body was read, body).
+    Anything but 200 raises, with the answer."""
+    request = urllib.request.Request(url, headers=headers or {})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            body = r.read()
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"GET {url}: {exc.code} {exc.read()[:500]!r}") from None
+    return (time.perf_counter() - started) * 1000, body
+
+
+def median_ms(url: str, headers: dict | None, runs: int, warmup: int = 2) -> float:
+    """The median time of `runs` GETs of `url`, after `warmup` unmeasured ones."""
+    times = [timed_get(url, headers)[0] for _ in range(runs + warmup)]
+    return statistics.median(times[warmup:])
+
+
+def big_log(sizes: Sizes) -> Path | None:
+    """The 10M-event log when it is cached (or `--big` asked to build it), else None."""
+    from bench import dataset
+
+    path = dataset.log_path(sizes.big_events, sizes.big_sessions)
+    if path.exists() or BUILD_BIG or sizes.big_events < 100_000:
+        return dataset.cached_log(sizes.big_events, sizes.big_sessions)
+    return None
+
+
+@contextmanager
+def facts_service(log: Path, db: Path, name: str, **env: str):
+    """The real service on the log `db` (a copy of the cached `log`), starting from a private
+    copy of the facts cached for `log`: what a restart finds. Yields the ServerProcess."""
+    from bench import dataset
+    from bench.replay import cached_facts
+
+    cached_facts(log)
+    facts = dataset.copy_facts(log, scratch() / f"{name}.facts.duckdb")
+    try:
+        with service(db, name, LLM_METRICS_FACTS=str(facts), **env) as server:
+            yield server
+    finally:
+        for path in (facts, Path(f"{facts}.wal")):
+            path.unlink(missing_ok=True)
 
 
 def load(port: int, requests, connections: int, seconds: float = 0.0, warmup: float = 0.0,

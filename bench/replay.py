@@ -1,11 +1,11 @@
-"""Full replay: the whole log through the real projections, the way the server starts without
-a snapshot (`service.app.load_read_models`: `ReadModels` + `replay` from the real store), in a
-fresh process. The ceiling reads the same file with plain `sqlite3` (SELECT, one msgspec
-tagged-union decoder, a fold into a dict per session).
+"""Full replay: `make replay` (`service.app.load_read_models(..., rebuild=True)`: the whole log
+into fresh request facts) in a fresh process. The ceiling reads the same file with plain
+`sqlite3` (SELECT, one msgspec tagged-union decoder, a fold into a dict per session), measured
+before and after the service's replay.
 
-The child process also reports its resident memory (the memory figure) and writes the
-snapshot the startup and reads figures start from, so that one `make bench` replays the big
-log once.
+The facts the child builds are kept beside the cached log (`dataset.facts_path`): the
+startup, queries, memory and reads figures start from copies of them, so one `make bench`
+replays the big log once, and the 10M-event log (`--big`) only when its facts are missing.
 
     python -m bench.replay [--smoke]
 """
@@ -13,6 +13,7 @@ log once.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import sys
 import time
@@ -25,49 +26,59 @@ from bench.common import FULL, Figure, Sizes, main_for, python, ratio, rss_mb, s
 from events.records import Completed, Record
 from projections.replay import PAGE
 
-TARGET_RATE = 500_000
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.7
 
 
 class ServiceReplay(msgspec.Struct):
     """What the child process measured."""
 
     events: int
+    seconds: float
     rate: float
-    rss_before_mb: float
     rss_after_mb: float
 
 
-async def _child(log: str, snapshot: str) -> ServiceReplay:
-    from projections.replay import write_snapshot
+async def _child(log: str, facts: str) -> ServiceReplay:
     from service.app import load_read_models, open_store
     from service.config import Config
 
-    before = rss_mb()
-    config = Config(db=log, snapshot=snapshot)
+    config = Config(db=log, facts=facts)
     store = await open_store(config)
     try:
-        models, report = await load_read_models(store, config, use_snapshot=False)
+        models, report = await load_read_models(store, config, rebuild=True)
         after = rss_mb()
-        await write_snapshot(snapshot, models, store)
+        models.engine.close()
     finally:
         await store.close()
-    return ServiceReplay(report.events, report.rate, round(before, 1), round(after, 1))
+    return ServiceReplay(report.events, round(report.seconds, 3), report.rate, round(after, 1))
 
 
-_runs: dict[Path, tuple[ServiceReplay, bytes]] = {}
+_runs: dict[Path, ServiceReplay] = {}
 
 
-def service_replay(log: Path) -> tuple[ServiceReplay, bytes]:
-    """Replay `log` in a fresh process: its measurements and the snapshot it wrote at the end.
-    Once per process and log (the memory, startup and reads figures reuse it)."""
+def service_replay(log: Path) -> ServiceReplay:
+    """Rebuild the facts of `log` in a fresh process, as `make replay` does, into
+    `dataset.facts_path(log)` (replaced when done). Once per process and log."""
     if log not in _runs:
-        snapshot = scratch() / f"{log.stem}.snapshot"
-        out = python("-m", "bench.replay", "--child", str(log), str(snapshot),
-                     profile_as="replay")
-        _runs[log] = (msgspec.json.decode(out, type=ServiceReplay), snapshot.read_bytes())
-        snapshot.unlink()
+        target = dataset.facts_path(log)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        copy = dataset.private_log(log, scratch())
+        out = python("-m", "bench.replay", "--child", str(copy), str(tmp), profile_as="replay",
+                     timeout=7200)
+        _runs[log] = msgspec.json.decode(out, type=ServiceReplay)
+        tmp.replace(target)
+        Path(f"{tmp}.wal").unlink(missing_ok=True)
     return _runs[log]
+
+
+def cached_facts(log: Path) -> Path:
+    """The facts of `log`, built by a replay only when they are not cached yet."""
+    path = dataset.facts_path(log)
+    if not path.exists():
+        started = time.perf_counter()
+        service_replay(log)
+        print(f"  built {path.name} in {time.perf_counter() - started:.1f} s", flush=True)
+    return path
 
 
 _decode = msgspec.msgpack.Decoder(Record).decode
@@ -112,18 +123,19 @@ def run(sizes: Sizes = FULL) -> list[Figure]:
     # The ceiling runs before and after the service, and counts as their mean: both then see
     # about the same noise from the machine's other users.
     before = ceiling_rate(log)
-    measured, _ = service_replay(log)
+    measured = service_replay(log)
     ceiling = (before + ceiling_rate(log)) / 2
     if measured.events != sizes.events:
         raise RuntimeError(f"replayed {measured.events} events of {sizes.events}")
     r = ratio(measured.rate, ceiling)
     return [Figure(
         name="full replay",
-        workload=f"{sizes.events:,} events, {sizes.sessions:,} sessions, real projections",
+        workload=f"`make replay` of {sizes.events:,} events ({sizes.sessions:,} sessions) "
+                 "into fresh request facts, fresh process",
         value=round(measured.rate), unit="events/s", ceiling=round(ceiling),
         ceiling_what="sqlite3 SELECT + msgspec decode + dict fold",
-        ratio=round(r, 3), target=f">= {TARGET_RATE:,} events/s and >= {TARGET_RATIO} x ceiling",
-        met=measured.rate >= TARGET_RATE and r >= TARGET_RATIO,
+        ratio=round(r, 3), target=f">= {TARGET_RATIO} x ceiling", met=r >= TARGET_RATIO,
+        extra={"seconds": measured.seconds, "rss_mb": measured.rss_after_mb},
     )]
 
 

@@ -13,14 +13,19 @@ import msgspec
 import pytest
 
 from bench.__main__ import SCRIPTS, Results, markdown
-from bench.common import Figure
+from bench.common import SMOKE, Figure
 from tests.postgres import unreachable
 from tests.server import ROOT
 
 pytestmark = pytest.mark.slow
 
-FIGURES = {"full replay", "memory", "disk", "startup", "metrics reads", "batch ingest",
-           "single-event ingest"}
+# The read-side figures run on both logs; the smoke run builds its small "big" one itself.
+_LOGS = [f"{n:,} events" for n in (SMOKE.events, SMOKE.big_events)]
+QUERIES = ["one-day window", "as-of mid-log", "top 20 users by cost, 30 days"]
+FIGURES = {"full replay", "disk", "metrics reads", "batch ingest", "single-event ingest",
+           "/health p99 under load",
+           *(f"{kind}, {size}" for kind in ("memory", "startup") for size in _LOGS),
+           *(f"query: {q}, {size}" for q in QUERIES for size in _LOGS)}
 PG_FIGURES = {"batch ingest, PostgreSQL, 2 replicas", "single-event ingest, PostgreSQL, 1 replica",
               "single-event ingest, PostgreSQL, 2 replicas",
               "single-event ingest, PostgreSQL, 3 replicas",
