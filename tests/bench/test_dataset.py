@@ -19,6 +19,10 @@ def test_traffic_has_the_asked_for_shape():
     assert 0.07 < sum(e["has_tool_calls"] for e in completed) / len(completed) < 0.13
     assert {e["model"] for e in events} == set(dataset.MODELS)
     assert len({e["session_id"] for e in events}) == 1_200
+    # Each session belongs to one user; a user has several sessions (group_by=user_id figure).
+    users = {e["session_id"]: e["user_id"] for e in events}
+    assert len(set(users.values())) == 1_200 // dataset.SESSIONS_PER_USER
+    assert all(e["user_id"] == users[e["session_id"]] for e in events)
     assert events == list(dataset.wire_events(12_000, 1_200))  # deterministic
 
 
