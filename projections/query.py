@@ -71,29 +71,45 @@ _PRICE = """LEFT JOIN model_prices p ON p.model = r.model
     AND (p.until_us IS NULL OR coalesce(r.end_us, r.start_us) < p.until_us)"""
 
 
-def _tier(name: str) -> str:
-    return (f"CASE WHEN p.above_prompt_tokens IS NOT NULL AND r.prompt_tokens > "
-            f"p.above_prompt_tokens THEN p.above_{name} ELSE p.{name} END")
+def _rate(name: str) -> str:
+    return (f"CASE WHEN r.prompt_tokens > p.above_prompt_tokens THEN p.above_{name} "
+            f"ELSE p.{name} END AS rate_{name}")
 
 
-_TABLE_PROMPT = (f"((r.prompt_tokens - r.cached_tokens - r.cache_write_tokens)::HUGEINT * "
-                 f"{_tier('input')} + r.cached_tokens::HUGEINT * {_tier('cached_input')} + "
-                 f"r.cache_write_tokens::HUGEINT * {_tier('cache_write')})")
-_TABLE_COMPLETION = f"(r.completion_tokens::HUGEINT * {_tier('output')})"
-_CALLER = "round(r.cost_usd * 1e12)::HUGEINT"
-_COST_COLUMNS = f"""
-    CASE WHEN r.status <> 1 THEN 0
-         WHEN r.cost_usd IS NOT NULL THEN {_CALLER}
-         ELSE coalesce({_TABLE_PROMPT} + {_TABLE_COMPLETION}, 0) END AS cost_p,
-    CASE WHEN r.status <> 1 THEN 0
-         WHEN r.cost_usd IS NULL THEN coalesce({_TABLE_PROMPT}, 0)
-         WHEN coalesce({_TABLE_PROMPT} + {_TABLE_COMPLETION}, 0) > 0
-              THEN {_CALLER} * {_TABLE_PROMPT} // ({_TABLE_PROMPT} + {_TABLE_COMPLETION})
-         WHEN r.prompt_tokens + r.completion_tokens > 0
-              THEN {_CALLER} * r.prompt_tokens // (r.prompt_tokens + r.completion_tokens)
-         ELSE 0 END AS prompt_cost_p,
-    (r.status = 1 AND r.cost_usd IS NULL AND p.input IS NULL) AS unpriced,
-    CASE WHEN r.status = 1 THEN r.duration_us - coalesce(r.ttft_us, 0) END AS gen_us"""
+def _priced(source: str) -> str:
+    """`source` (rows of `requests` or `pending`, already filtered) with its cost columns:
+    `cost_p` and `prompt_cost_p` (pico-dollars), `unpriced`, and `gen_us` (generation time).
+    Built in steps so that each expression is written, and planned, once."""
+    rates = ", ".join(_rate(n) for n in ("input", "output", "cached_input", "cache_write"))
+    joined = f"SELECT r.*, {rates}, p.input IS NULL AS no_price FROM ({source}) r {_PRICE}"
+    table = f"""SELECT *,
+        CASE WHEN status = 1 THEN
+            (prompt_tokens - cached_tokens - cache_write_tokens)::HUGEINT * rate_input
+            + cached_tokens::HUGEINT * rate_cached_input
+            + cache_write_tokens::HUGEINT * rate_cache_write END AS table_prompt_p,
+        CASE WHEN status = 1 THEN completion_tokens::HUGEINT * rate_output END
+            AS table_completion_p,
+        round(cost_usd * 1e12)::HUGEINT AS caller_p
+        FROM ({joined})"""
+    return f"""SELECT *,
+        CASE WHEN status <> 1 THEN 0
+             WHEN cost_usd IS NOT NULL THEN caller_p
+             ELSE coalesce(table_prompt_p + table_completion_p, 0) END AS cost_p,
+        CASE WHEN status <> 1 THEN 0
+             WHEN cost_usd IS NULL THEN coalesce(table_prompt_p, 0)
+             WHEN coalesce(table_prompt_p + table_completion_p, 0) > 0
+                  THEN caller_p * table_prompt_p // (table_prompt_p + table_completion_p)
+             WHEN prompt_tokens + completion_tokens > 0
+                  THEN caller_p * prompt_tokens // (prompt_tokens + completion_tokens)
+             ELSE 0 END AS prompt_cost_p,
+        (status = 1 AND cost_usd IS NULL AND no_price) AS unpriced,
+        CASE WHEN status = 1 THEN duration_us - coalesce(ttft_us, 0) END AS gen_us
+        FROM ({table})"""
+
+
+# Raw aggregates that need the price join (the others read the facts alone).
+_COSTED = {"cost", "prompt_cost", "unpriced"}
+_GEN_US = "CASE WHEN status = 1 THEN duration_us - coalesce(ttft_us, 0) END AS gen_us"
 
 
 class _Sql:
@@ -121,13 +137,14 @@ def _conditions(sql: _Sql, q: Question, *, time_column: str) -> list[str]:
     return conditions
 
 
-def _finished(sql: _Sql, q: Question) -> str:
-    """The finished requests of the slice, with their cost columns."""
+def _finished(sql: _Sql, q: Question, *, costed: bool = True) -> str:
+    """The finished requests of the slice, with their cost columns (or only `gen_us`)."""
     conditions = _conditions(sql, q, time_column="r.end_us")
     if q.as_of_position is not None:
         conditions.append(f"r.end_pos <= {sql.bind(q.as_of_position)}")
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"SELECT r.*, {_COST_COLUMNS} FROM requests r {_PRICE} {where}"
+    source = f"SELECT * FROM requests r {where}"
+    return _priced(source) if costed else f"SELECT *, {_GEN_US} FROM ({source})"
 
 
 def _known(sql: _Sql, q: Question) -> str:
@@ -231,7 +248,7 @@ def _aggregate(sql: _Sql, q: Question, measures: Sequence[str], raw_extra: Seque
     """
     raw = dict.fromkeys(r for m in measures for r in _MEASURES[m][1])
     raw.update(dict.fromkeys(raw_extra))
-    source = _finished(sql, q)
+    source = _finished(sql, q, costed=bool(_COSTED & set(raw)))
     if "tag" in q.group_by:
         # A request with two tags counts in both tag groups; one without tags in the null group.
         source = (f"SELECT * EXCLUDE (t), t AS tag FROM ({source}) s, "
@@ -597,15 +614,16 @@ async def session_requests(facts: Facts, session_id: str, limit: int, cursor: st
     offset = _offset(cursor)
     sql = _Sql()
     sid = sql.bind(session_id)
+    columns = ", ".join(_FACT_NAMES)
     rows = await facts.engine.read(
-        f"SELECT r.*, {_COST_COLUMNS}, p.input IS NOT NULL AS priced FROM "
-        f"(SELECT * FROM requests WHERE session_id = {sid} UNION ALL "
-        f"SELECT * FROM pending WHERE session_id = {sid}) r {_PRICE} "
-        f"ORDER BY greatest(coalesce(r.end_pos, 0), coalesce(r.start_pos, 0)) DESC "
+        f"SELECT {columns}, cost_p, unpriced, NOT no_price AS priced FROM ("
+        + _priced(f"SELECT * FROM requests WHERE session_id = {sid} UNION ALL "
+                  f"SELECT * FROM pending WHERE session_id = {sid}")
+        + ") ORDER BY greatest(coalesce(end_pos, 0), coalesce(start_pos, 0)) DESC "
         f"LIMIT {sql.bind(limit + 1)} OFFSET {sql.bind(offset)}", sql.params, timeout=timeout)
     if not rows and offset == 0:
         return None
-    names = list(_FACT_NAMES) + ["cost_p", "prompt_cost_p", "unpriced", "gen_us", "priced"]
+    names = list(_FACT_NAMES) + ["cost_p", "unpriced", "priced"]
     out = []
     for row in rows[:limit]:
         f = dict(zip(names, row))
