@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
-
+from bench import dataset
 from bench.common import FULL, Figure, Sizes, main_for, ratio
-from bench.postgres import fresh_schema, migrated
+from bench.pg_ingest_single import commit_per_row_ceiling
+from bench.postgres import fresh_schema
 from events.postgres_store import PostgresStore, _key
 from events.store import NewEvent
 from service.ingest import parse_body
-from tests import factories
 
 TASKS_PER_REPLICA = 8
 
@@ -81,36 +80,13 @@ async def appends_per_s(design: type[PostgresStore], url: str, replicas: int,
             await store.close()
 
 
-async def ceiling(url: str, connections: int, seconds: float) -> float:
-    await (await migrated(url)).close()
-    pool = await asyncpg.create_pool(url, min_size=connections, max_size=connections)
-    rows = iter(events(200_000, "ceiling"))
-    position = iter(range(1, 10**9))
-    deadline = time.perf_counter() + seconds
-    done = 0
-
-    async def task():
-        nonlocal done
-        async with pool.acquire() as conn:
-            while time.perf_counter() < deadline:
-                e = next(rows)
-                await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, 0)",
-                                   next(position), e.event_id.encode(), e.type_code, e.payload)
-                done += 1
-
-    try:
-        started = time.perf_counter()
-        await asyncio.gather(*(task() for _ in range(connections)))
-        return done / (time.perf_counter() - started)
-    finally:
-        await pool.close()
-
-
 def run(sizes: Sizes = FULL) -> list[Figure]:
     figures = []
+    bodies = list(dataset.batches(sizes.batch_events, max(1, sizes.batch_events // 10), 1))
     for replicas in (1, 2, 3):
         with fresh_schema("designs_ceiling") as (_, url):
-            bare = asyncio.run(ceiling(url, replicas * TASKS_PER_REPLICA, sizes.seconds))
+            bare = asyncio.run(commit_per_row_ceiling(bodies, url, replicas * TASKS_PER_REPLICA,
+                                                      sizes.seconds))
         for name, design in DESIGNS.items():
             with fresh_schema(f"designs_{name}") as (_, url):
                 rate = asyncio.run(appends_per_s(design, url, replicas, sizes.seconds))

@@ -305,7 +305,8 @@ class PostgresStore:
         try:
             return tuple(await self._pool.fetchrow(
                 "SELECT h, (SELECT count(*) FROM (SELECT 1 FROM events WHERE position >= h"
-                f"                            LIMIT 10000) AS w) FROM (SELECT {HORIZON_SQL} AS h) AS x"))
+                "                            LIMIT 10000) AS w)"
+                f" FROM (SELECT {HORIZON_SQL} AS h) AS x"))
         except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
 

@@ -165,7 +165,8 @@ def test_a_replica_whose_connections_are_terminated_recovers_by_itself(tmp_path)
             for round_ in range(3):
                 assert _terminate("llm-b") >= 1
                 status, body = a.request("POST", "/events", [
-                    factories.started(f"kill-{round_}", "r"), factories.completed(f"kill-{round_}", "r")])
+                    factories.started(f"kill-{round_}", "r"),
+                    factories.completed(f"kill-{round_}", "r")])
                 assert status == 201, body
                 converge([a, b], body["last_position"])
             # Keep killing: every read of b fails, and /health says so.

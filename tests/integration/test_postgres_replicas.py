@@ -24,6 +24,8 @@ import events.postgres_store as postgres_store
 from events import codec
 from events.postgres_store import PostgresStore
 from events.store import Accepted, Rejected, StoreError, StoreUnavailable
+from service.app import open_store
+from service.config import Config
 from service.ingest import parse_body
 from service.tailer import Tailer, replica_health
 from service.writer import Writer
@@ -378,6 +380,20 @@ async def test_driver_errors_of_a_closed_store_are_translated():
                      store.append([batch(factories.started())])):
             with pytest.raises(StoreUnavailable):
                 await call
+
+
+async def test_a_postgres_url_selects_the_shared_store_and_files_per_replica():
+    async with fresh_schema("config") as schema:
+        config = Config(db=dsn_with_schema(schema), port=8123)
+        store = await open_store(config)
+        try:
+            assert isinstance(store, PostgresStore) and store.schema == schema
+            assert store.shared and not store.limits_size
+            assert await store.last_position() == 0  # migrated
+        finally:
+            await store.close()
+    assert config.facts_path == "data/replica-8123.facts.duckdb"
+    assert Config(db="data/x.db").facts_path == "data/x.db.facts.duckdb"
 
 
 async def test_without_notifications_the_tailer_polls():
