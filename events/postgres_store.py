@@ -364,7 +364,11 @@ class PostgresStore:
                         " VALUES ($1, $2, $3, $4, $5)", position, tomb.event_id.encode(),
                         tomb.type_code, tomb.payload, time.time_ns() // 1000)
                 await self._notify(conn)
-                await conn.execute("VACUUM events, request_slots")
+                try:
+                    await conn.execute("VACUUM events, request_slots")
+                except _DRIVER_ERRORS as exc:  # committed: the tombstone must still be applied
+                    log.warning("erasure at position %d: VACUUM failed (%s); autovacuum will "
+                                "prune the rows", position, exc)
         except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
         return Erasure(len(rows), position, [(position, tomb)])

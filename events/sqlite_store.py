@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
 import sys
@@ -26,6 +27,8 @@ from events.store import (
     StoreUnavailable,
     plan_append,
 )
+
+log = logging.getLogger(__name__)
 
 # SQLite's default limit on bound parameters is 32766; stay well below it.
 _CHUNK = 5000
@@ -280,13 +283,15 @@ def _erase(conn: sqlite3.Connection, positions: Sequence[int], scope: str,
         if isinstance(exc, sqlite3.Error):
             raise _translate(exc) from exc
         raise
+    # Committed: from here on a failure must not hide the tombstone from the read models.
     try:
-        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     except sqlite3.Error as exc:
-        raise _translate(exc) from exc
+        busy = str(exc)
     if busy:
-        raise StoreUnavailable("the erasure is committed but the WAL, which still holds the "
-                               "erased bytes, could not be truncated (a reader holds it)")
+        log.warning("erasure at position %d: the WAL, which still holds the erased bytes, "
+                    "could not be truncated (%s); the next erasure or checkpoint retries",
+                    position, "a reader holds it" if busy == 1 else busy)
     return Erasure(len(rows), position, [(position, tomb)])
 
 
