@@ -91,6 +91,8 @@ class Receiver:
             return list(self.received)
 
     def _matching(self, matching: dict) -> list[Received]:
+        if not matching:
+            return self.requests()
         return [r for r in self.requests() if all(r.json.get(k) == v for k, v in matching.items())]
 
     def _fail(self, count: int, timeout: float, matching: dict):

@@ -13,6 +13,7 @@ import logging
 import uuid
 from typing import Awaitable, Callable
 
+from service.alerts.questions import TooManyGroups
 from service.alerts.rules import Rule, absent_value, is_satisfied
 from service.alerts.store import AlertStore, Change, State, group_key
 from service import webhooks
@@ -112,6 +113,9 @@ class Evaluator:
         for rule, _ in await self._store.rules() if newest_us else []:
             try:
                 observed = await self._observe(self._facts, rule, newest_us, position)
+            except TooManyGroups as exc:
+                log.error("%s", exc)
+                continue
             except Exception:
                 log.exception("alert rule %r could not be evaluated", rule.name)
                 continue

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-
 import msgspec
 
 from projections.query import MAX_LIMIT, Question, ask
 from service.alerts.rules import Rule, absent_value, window_range
 from service.alerts.store import group_key
 
-log = logging.getLogger(__name__)
+# Groups one rule may watch (read in pages of MAX_LIMIT). A rule with more is not evaluated at
+# all: deciding on part of its groups would resolve the others for want of a value.
+MAX_GROUPS = 100_000
 
-# Groups one rule may watch (pages of MAX_LIMIT); past it the rest are not evaluated, loudly.
-MAX_GROUPS = 10_000
+
+class TooManyGroups(Exception):
+    """The rule's question has more than MAX_GROUPS groups."""
 
 
 def question(rule: Rule, newest_us: int, as_of_position: int | None = None) -> Question:
@@ -44,9 +45,8 @@ async def observe(facts, rule: Rule, newest_us: int,
         if answer.next is None:
             break
         if len(observed) >= MAX_GROUPS:
-            log.warning("alert rule %r: more than %d groups; only the first are evaluated",
-                        rule.name, MAX_GROUPS)
-            break
+            raise TooManyGroups(f"alert rule {rule.name!r} has more than {MAX_GROUPS} groups: "
+                                "not evaluated (narrow it with where, or group by less)")
         q = msgspec.structs.replace(q, cursor=answer.next)
     if not rule.group_by and not observed:
         observed[group_key({})] = ({}, absent_value(rule))
