@@ -80,3 +80,20 @@ async def test_async_anthropic_stream(server, stub):
         assert await metrics.flush(10)
     [event] = completed(server, sid)
     assert {k: event.get(k) for k in CACHE} == CACHE and event["model"] == "claude-haiku"
+
+
+def test_a_stream_closed_early_is_failed_and_a_closed_client_never_breaks_the_call(server,
+                                                                                   stub):
+    sid = uuid.uuid4().hex
+    with MetricsClient(server.url, SECRET) as metrics:
+        llm = instrument(anthropic.Anthropic(api_key="k", base_url=stub.url, max_retries=0),
+                         metrics, session_id=sid)
+        with llm.messages.create(model="claude-haiku", max_tokens=64, messages=MESSAGES,
+                                 stream=True) as stream:
+            next(iter(stream))
+        assert metrics.flush(10)
+    [event] = completed(server, sid)
+    assert (event["type"], event["error_type"]) == ("LLM_REQUEST_FAILED", "StreamClosed")
+    # metrics is closed now: the call still answers.
+    reply = llm.messages.create(model="claude-haiku", max_tokens=64, messages=MESSAGES)
+    assert reply.stop_reason == "end_turn"
