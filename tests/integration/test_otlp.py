@@ -365,3 +365,21 @@ async def test_logs_and_metrics_are_accepted_and_counted(client):
     r = await client.post("/v1/logs", data=b"x", headers={**AUTH, "content-type": "text/plain"})
     assert r.status == 415
     assert (counts["log_records"], counts["metric_points"]) == (2, 8)
+
+
+async def test_the_same_call_from_another_span_in_a_later_export_is_stored_once(client):
+    attributes = {"gen_ai.request.model": "m", "gen_ai.response.id": "msg_once",
+                  "gen_ai.usage.input_tokens": 3}
+    sdk_span = _span("00000000000000b1", **attributes)
+    # Another instrumentation's span of the same call: another trace, other timing.
+    other = dict(_span("00000000000000b2", **attributes),
+                 traceId="0af7651916cd43dd8448eb211c80319c",
+                 endTimeUnixNano=str(BASE_NS + 2 * 10**9))
+    for span in (sdk_span, other):
+        r = await client.post("/v1/traces", json=_export_with([span]), headers=AUTH)
+        assert r.status == 200 and "partialSuccess" not in await r.json()
+    counts = client.app[keys.OTLP_SPANS]
+    assert (counts["mapped"], counts["merged"], counts["rejected"]) == (1, 1, 0)
+    r = await client.get("/events?after=0", headers=AUTH)
+    stored = [line for line in (await r.text()).splitlines() if line]
+    assert len(stored) == 2 and all('"request_id":"msg_once"' in line for line in stored)
