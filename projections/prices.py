@@ -64,17 +64,6 @@ class PricePeriod(msgspec.Struct, frozen=True, kw_only=True):
     above_cache_write: float | None = None
 
 
-class Cost(NamedTuple):
-    """A request's cost in pico-dollars (exact integers, so sums never drift)."""
-
-    prompt: int
-    completion: int
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
-
 # The table as `GET /prices` serves it and as it is saved: every default filled in.
 class Tier(msgspec.Struct, kw_only=True):
     prompt_tokens: int
@@ -182,33 +171,6 @@ class PriceTable:
         name = self.name_of(model)
         return [] if name is None else self._periods[name]
 
-    def period_at(self, model: str, at_us: int) -> PricePeriod | None:
-        """The period pricing a request of `model` at event time `at_us`, or None."""
-        found = None
-        for period in self.periods(model):
-            if found is None or period.from_us is None or period.from_us <= at_us:
-                found = period
-            else:
-                break
-        return found
-
-    def cost(self, model: str, at_us: int, prompt_tokens: int, completion_tokens: int,
-             cached_prompt_tokens: int = 0, cache_write_prompt_tokens: int = 0) -> Cost | None:
-        """What the table charges for one request (the rule the query layer applies in SQL),
-        or None when it does not price `model`.
-
-        prompt = (prompt - cached - cache_write) x input + cached x cached_input
-                 + cache_write x cache_write; completion = completion x output.
-        """
-        period = self.period_at(model, at_us)
-        if period is None:
-            return None
-        rates = _rates(period, prompt_tokens)
-        fresh = prompt_tokens - cached_prompt_tokens - cache_write_prompt_tokens
-        prompt = (fresh * pico_per_token(rates[0]) + cached_prompt_tokens
-                  * pico_per_token(rates[2]) + cache_write_prompt_tokens * pico_per_token(rates[3]))
-        return Cost(prompt, completion_tokens * pico_per_token(rates[1]))
-
     def document(self) -> PricesDocument:
         return PricesDocument(digest=self.digest, models=self._models)
 
@@ -216,13 +178,6 @@ class PriceTable:
         """The table as `GET /prices` serves it: every default filled in, plus its digest.
         `from_json` reads it back to the same table (same digest)."""
         return msgspec.json.encode(self.document())
-
-
-def _rates(period: PricePeriod, prompt_tokens: int) -> tuple[float, float, float, float]:
-    if period.above_prompt_tokens is not None and prompt_tokens > period.above_prompt_tokens:
-        return (period.above_input, period.above_output, period.above_cached_input,
-                period.above_cache_write)
-    return period.input, period.output, period.cached_input, period.cache_write
 
 
 def _period(p: Period, index: int) -> PricePeriod:
