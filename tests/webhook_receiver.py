@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from tests.server import free_port
+from tests.http_stubs import ThreadedApp
 
 
 @dataclass(frozen=True)
@@ -46,28 +46,18 @@ class Receiver:
         self.script: list[int] = []
         self.received: list[Received] = []
         self._lock = threading.Lock()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._server = ThreadedApp(app)
+        self.port = self._server.port
+        self.url = f"{self._server.url}/hook"
 
     def __enter__(self) -> "Receiver":
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        self._server.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._server.__exit__(*exc)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
