@@ -31,7 +31,10 @@ def run(sizes: Sizes = FULL) -> list[Figure]:
     with facts_service(log, db, "reads") as server:
         report = load(server.port, reqs, sizes.connections, sizes.seconds, sizes.warmup,
                       cycle=True)
-    if set(report.statuses) != {"200"}:
+    # Answers other than 200 (503: a question stopped at LLM_METRICS_QUERY_TIMEOUT) are shown
+    # beside the figure and fail it, rather than hiding the figure behind a failed script.
+    failed = sum(n for status, n in report.statuses.items() if status != "200")
+    if "200" not in report.statuses:
         raise RuntimeError(f"metrics reads: {report.statuses}")
     r = ratio(report.rate, bare.rate)
     return [Figure(
@@ -41,9 +44,10 @@ def run(sizes: Sizes = FULL) -> list[Figure]:
         value=round(report.rate), unit="requests/s", ceiling=round(bare.rate),
         ceiling_what="bare aiohttp handler returning a fixed body, same load generator",
         ratio=round(r, 3), target=f">= {TARGET_RATIO} x ceiling, p99 <= {TARGET_P99_MS:g} ms",
-        met=r >= TARGET_RATIO and report.p99_ms <= TARGET_P99_MS,
+        met=r >= TARGET_RATIO and report.p99_ms <= TARGET_P99_MS and not failed,
         extra={"p99_ms": round(report.p99_ms, 1), "p50_ms": round(report.p50_ms, 1),
-               "bare_p99_ms": round(bare.p99_ms, 1)},
+               "bare_p99_ms": round(bare.p99_ms, 1),
+               **({"not_200": str(report.statuses)} if failed else {})},
     )]
 
 
