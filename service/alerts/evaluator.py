@@ -68,6 +68,7 @@ class Evaluator:
         self._on_changes = on_changes
         self._interval_s = interval_s
         self._wakeup = asyncio.Event()
+        self._one_at_a_time = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self.evaluations = 0
         # Every event up to this log position was taken into account by the last evaluation.
@@ -105,6 +106,10 @@ class Evaluator:
 
     async def evaluate(self) -> int:
         """Evaluate every rule once; returns the number of state changes recorded."""
+        async with self._one_at_a_time:
+            return await self._evaluate()
+
+    async def _evaluate(self) -> int:
         # Read together (nothing awaits between): the newest event time of that log position.
         position, newest_us = self._facts.position, self._facts.newest_event_us
         self.evaluations += 1
