@@ -53,7 +53,7 @@ def events_after(server, position: int) -> list[dict]:
 def drive(server, stubs, peer: str, driver: str, session: str = "", **env) -> list[dict]:
     """Run a driver; the terminal events it caused, in log order (each with its started)."""
     before = log_position(server)
-    run_driver(peer, driver, {
+    done = run_driver(peer, driver, {
         "OPENAI_URL": stubs[0], "ANTHROPIC_URL": stubs[1], "SERVICE_URL": server.url,
         "SERVICE_KEY": SECRET, "SESSION_ID": session, "USER_ID": "user-7",
         "HOME": os.environ.get("HOME", "/tmp"), **env})
@@ -62,7 +62,12 @@ def drive(server, stubs, peer: str, driver: str, session: str = "", **env) -> li
                if e["type"] == "LLM_REQUEST_STARTED"}
     ended = [e for e in events if e["type"] != "LLM_REQUEST_STARTED"]
     assert started == {(e["session_id"], e["request_id"]) for e in ended}
+    LAST_DRIVER_OUTPUT[:] = [done.stderr[-3000:]]
     return ended
+
+
+# What the last driver printed on stderr (an exporter's warnings), shown when a check fails.
+LAST_DRIVER_OUTPUT: list[str] = []
 
 
 def openai_call(tool=False, cached=USAGE["prompt_tokens_details"]["cached_tokens"],
@@ -94,7 +99,9 @@ def figures(ended: list[dict], expected: list[dict]) -> list[dict]:
 
 def check(ended: list[dict], expected: list[dict], *, stream_index: int, ttft: bool,
           session: str | None = None, user: str | None = None, one_session=True) -> None:
-    assert len(ended) == len(expected), [e["type"] for e in ended]
+    assert len(ended) == len(expected), ([(e["type"], e["model"], e["request_id"],
+                                           e.get("duration_ms")) for e in ended],
+                                         LAST_DRIVER_OUTPUT)
     assert figures(ended, expected) == expected
     stream = ended[stream_index]
     # The stub waits before the first token: the call lasts at least that long.

@@ -34,7 +34,8 @@ def exporter(path: str = "/v1/traces", headers: dict | None = None):
         from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    return OTLPSpanExporter(endpoint=SERVICE + path, headers=headers)
+    # A generous timeout: on a loaded machine a slow answer must not drop the batch.
+    return OTLPSpanExporter(endpoint=SERVICE + path, headers=headers, timeout=60)
 
 
 def tracer_provider():
