@@ -56,7 +56,9 @@ def drive(server, stubs, peer: str, driver: str, session: str = "", **env) -> li
     done = run_driver(peer, driver, {
         "OPENAI_URL": stubs[0], "ANTHROPIC_URL": stubs[1], "SERVICE_URL": server.url,
         "SERVICE_KEY": SECRET, "SESSION_ID": session, "USER_ID": "user-7",
-        "HOME": os.environ.get("HOME", "/tmp"), **env})
+        "HOME": os.environ.get("HOME", "/tmp"),
+        # For the exporters the drivers do not build themselves (openlit, logfire, traceloop).
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "60", **env})
     events = events_after(server, before)
     started = {(e["session_id"], e["request_id"]) for e in events
                if e["type"] == "LLM_REQUEST_STARTED"}

@@ -8,7 +8,7 @@ from langfuse.openai import OpenAI
 import scenario
 
 langfuse = Langfuse(public_key="pk-lf-test", secret_key=scenario.KEY, base_url=scenario.SERVICE,
-                    tracing_enabled=True)
+                    tracing_enabled=True, timeout=60)
 client = OpenAI(api_key="sk-test", base_url=scenario.OPENAI_URL + "/v1", max_retries=0)
 with langfuse.start_as_current_observation(name="conversation"):
     with propagate_attributes(session_id=scenario.SESSION, user_id=scenario.USER):
