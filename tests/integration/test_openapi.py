@@ -119,9 +119,11 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path):
             capture_output=True, text=True, timeout=300)
         report = run.stdout[-6000:] + run.stderr[-2000:]
         assert run.returncode == 0, report
-        # No crash: the same process still answers, with the data it had.
+        # No crash: the same process still answers. (The fuzzer may have erased the session
+        # through DELETE /events/sessions/{id}: then it is rightly gone.)
         assert server.proc.poll() is None
-        assert server.request("GET", "/events/metrics/session/fuzz-session")[0] == 200
+        assert server.request("GET", "/events/metrics")[0] == 200
+        assert server.request("GET", "/events/metrics/session/fuzz-session")[0] in (200, 404)
         print(f"schemathesis: {EXAMPLES} examples per operation in "
               f"{time.monotonic() - started:.1f} s")
 
