@@ -1,9 +1,10 @@
 """Virtualenvs for the real instrumentation libraries the OTLP tests drive.
 
 Their pins conflict with ours (and with each other), so each peer gets its own virtualenv under
-`.venv-peers/<name>` (ignored by git), built once from `requirements/<name>.txt` (exact pins)
-and reused while that file is unchanged. Wheels are kept in `.venv-peers/wheels`, so a venv
-removed later is rebuilt from them without the network. A peer that cannot be built is a skip
+`~/.cache/llm-metrics/peers/<name>` (`LLM_METRICS_PEERS_DIR`; outside the work tree, so every
+clone on a machine, CI's fresh one included, reuses it), built once from
+`requirements/<name>.txt` (exact pins) and reused while that file is unchanged. Wheels are kept
+in `<peers dir>/wheels`, so a venv removed later is rebuilt from them without the network. A peer that cannot be built is a skip
 naming the reason, never a failure of the code under test.
 """
 
@@ -19,7 +20,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HOME = Path(os.environ.get("LLM_METRICS_PEERS_DIR", ROOT / ".venv-peers"))
+_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+HOME = Path(os.environ.get("LLM_METRICS_PEERS_DIR") or _CACHE / "llm-metrics" / "peers")
 WHEELS = HOME / "wheels"
 REQUIREMENTS = Path(__file__).with_name("requirements")
 DRIVERS = Path(__file__).with_name("drivers")
