@@ -26,6 +26,7 @@ from typing import Awaitable, Callable
 import msgspec
 
 from events.codec import UndecodableEvent, decode
+from events.records import Erased
 from events.store import EventStore
 from projections.facts import Facts
 
@@ -185,9 +186,14 @@ class MetricsStream:
             rows = await self._store.read(start, end - start)
             for _position, _event_id, payload, _recorded_at in rows:
                 try:
-                    touched[decode(payload).session_id] = None
+                    record = decode(payload)
                 except UndecodableEvent:
                     continue
+                if type(record) is Erased:
+                    # Data went away: every subscriber reloads what it shows.
+                    self._published = end
+                    return await self._resync()
+                touched[record.session_id] = None
         # Rendered after the await, so the metrics may already include events past `end`;
         # the next update lists the sessions those touched.
         global_metrics, sessions = await self._render(list(touched))

@@ -138,6 +138,25 @@ async def test_stream_after_a_burst_too_large_to_list_asks_for_a_reload(client, 
     resp.close()
 
 
+async def test_stream_after_an_erasure_asks_for_a_reload(client):
+    """An erasure's tombstone is not a request: subscribers get a resync with the totals that
+    remain (and the publisher keeps going)."""
+    await post(client, [started("keep", "r1"), completed("keep", "r1"),
+                        started("gone", "r2"), completed("gone", "r2")])
+    resp = await client.get("/events/metrics/stream", headers=AUTH)
+    [first] = await read_frames(resp, 1)
+    assert first["global"]["total_sessions"] == 2
+    erased = await client.delete("/events/sessions/gone", headers=AUTH)
+    assert erased.status == 200, await erased.text()
+    [update] = await read_frames(resp, 1)
+    assert update["from_position"] is None  # reload what you show
+    assert update["global"]["total_sessions"] == 1
+    await post(client, [started("later", "r3")])
+    [after] = await read_frames(resp, 1)
+    assert after["from_position"] is not None and after["global"]["total_sessions"] == 2
+    resp.close()
+
+
 def test_open_streams_do_not_hold_up_shutdown(tmp_path):
     import threading
     import time
