@@ -259,9 +259,10 @@ def test_a_shared_link_shows_the_same_exact_view(browser, live):
     tokens = sum(e.get("prompt_tokens", 0) + e.get("completion_tokens", 0) for e in chosen)
     expect(page.locator("#total-tokens")).to_have_text(n(tokens))
 
-    # Axes carry labelled ticks and units; a bar's tooltip has the exact figures.
-    assert page.locator("#requests-chart text.y-tick").count() >= 3
-    assert page.locator("#requests-chart text.x-tick").count() >= 3
+    # Axes carry labelled ticks and units; a bar's tooltip has the exact figures. The charts
+    # draw after the totals (their own queries): wait for them rather than race them.
+    page.locator("#requests-chart text.y-tick").nth(2).wait_for()
+    page.locator("#requests-chart text.x-tick").nth(2).wait_for()
     expect(page.locator("#requests-chart text.axis-title").first).to_contain_text("time (UTC")
     expect(page.locator("#cost-chart text.y-tick").first).to_have_text("$0")
     expect(page.locator("#cost-chart text.y-tick").last).to_have_text(re.compile(r"^\$[\d.]+$"))
