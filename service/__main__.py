@@ -51,14 +51,13 @@ def full_disk(config: Config) -> str | None:
 
 
 def serve(config: Config) -> int:
-    from aiohttp import web
-
     from events.store import StoreError
     from projections.prices import PriceError
     from projections.replay import UndecodableLog
     from service.app import create_app, freeze_heap
     from service.auth import AccessLogger, is_default_secret
     from service.errors import quiet_parser_errors
+    from service.serving import serve_until_signalled
 
     if is_default_secret(config.secret):
         if not _is_loopback(config.host):
@@ -73,14 +72,14 @@ def serve(config: Config) -> int:
     app = create_app(config)
     app.on_startup.append(freeze_heap)  # after create_app's contexts: once the models are built
     try:
-        web.run_app(
+        asyncio.run(serve_until_signalled(
             app,
-            host=config.host,
-            port=config.port,
+            config.host,
+            config.port,
+            on_listening=lambda: log.info("serving on http://%s:%d", config.host, config.port),
+            shutdown_timeout=5.0,
             access_log=log if config.access_log else None,
             access_log_class=AccessLogger,
-            print=lambda *_: log.info("serving on http://%s:%d", config.host, config.port),
-            shutdown_timeout=5.0,
             # A client that goes away cancels its handler, and so its question to the engine
             # (projections.engine interrupts it): abandoned questions stop using the cores.
             handler_cancellation=True,
@@ -90,7 +89,7 @@ def serve(config: Config) -> int:
             max_line_size=config.max_header_size,
             max_field_size=config.max_header_size,
             max_headers=config.max_headers,
-        )
+        ))
     except (UndecodableLog, StoreError, PriceError) as exc:
         log.error("cannot start: %s", exc)
         return 1

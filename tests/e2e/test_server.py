@@ -102,3 +102,36 @@ def test_default_secret_is_refused_off_loopback(tmp_path):
         raise AssertionError("the server started on 0.0.0.0 with the default secret")
     except RuntimeError as exc:
         assert "refusing to listen" in str(exc) and "LLM_METRICS_SECRET" in str(exc)
+
+
+def test_signals_during_shutdown_do_not_cut_it_short(tmp_path):
+    """`make run` forwards its SIGTERM to the server, so stopping the process group delivers
+    two, and impatient users press Ctrl-C again: a signal that arrives while the shutdown
+    waits for an open request must not abandon the cleanup half-way (that left the log's
+    connection open and the process hung at exit, forever)."""
+    import signal
+    import socket
+    import time
+
+    db = tmp_path / "events.db"
+    server = ServerProcess(db).start()
+    try:
+        assert server.request("POST", "/events", f.seed_session("s1"))[0] == 201
+        # A request whose body never finishes: the shutdown waits for it (up to 5 s).
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nx-internal-auth: secret\r\n"
+                     b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n[")
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        for again in (signal.SIGTERM, signal.SIGINT):
+            server.proc.send_signal(again)
+            time.sleep(0.1)
+        assert server.proc.wait(20) == 0, server.log()
+        slow.close()
+    finally:
+        server.kill()
+    assert "SIGTERM again: already shutting down" in server.log()
+    with ServerProcess(db) as server:
+        assert metrics(server)["total"]["total_sessions"] == 1
+        assert "rebuilt" not in server.log()
