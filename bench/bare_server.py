@@ -1,6 +1,6 @@
 """The ceiling for HTTP figures: aiohttp with handlers that do nothing but answer.
 
-Same routes and the same `web.run_app` as the service, no middlewares, no store, no models:
+Same routes and the same aiohttp server as the service, no middlewares, no store, no models:
 whatever the service achieves is measured against what aiohttp itself does on this machine.
 
     python -m bench.bare_server --port 8002
