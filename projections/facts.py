@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from events.records import Completed, Erased, Failed, Record, Started
 from projections.engine import Engine
+from projections.memo import AnswerMemo
 from projections.prices import PriceTable, pico_per_token
 
 # Bump when the schema or the apply rules change: facts of another version are rebuilt.
@@ -266,8 +267,8 @@ class Facts:
         self.newest_event_us = 0
         self._event_key: str | None = None
         self._models: set[str] = set()
-        # Bumped by every apply and price change: answers cached against it stay valid until then.
-        self.generation = 0
+        # One-session answers until their session changes (`projections.memo`).
+        self.answers = AnswerMemo()
 
     @classmethod
     async def open(cls, engine: Engine, prices: PriceTable) -> "Facts":
@@ -298,7 +299,7 @@ class Facts:
     async def reset(self) -> None:
         """Forget every fact (before a rebuild from the whole log)."""
         await self.engine.write(self._clear)
-        self.generation += 1
+        self.answers.forget_all()
 
     async def matches(self, record_at_position: Record | None) -> bool:
         """Whether these facts are of the log whose event at `position` is the one given."""
@@ -331,7 +332,7 @@ class Facts:
         await self.engine.write(apply)
         self._models |= new_models
         self.position, self._event_key, self.newest_event_us = last_position, last_key, newest
-        self.generation += 1
+        self.answers.forget({record.session_id for _, record in rows})
 
     # ---- erasure (docs/event-log.md, "Erasure") -------------------------------------------------
 
@@ -368,7 +369,7 @@ class Facts:
 
         gone, self._models = await self.engine.write(erase)
         self.position, self._event_key = position, key
-        self.generation += 1
+        self.answers.forget_all()
         if gone:
             await self.engine.compact()
 
@@ -389,4 +390,4 @@ class Facts:
         """Price every request, past and future, with `prices` from now on."""
         self.prices = prices
         await self.engine.write(self._sync_prices)
-        self.generation += 1
+        self.answers.forget_all()
