@@ -41,17 +41,14 @@ class AnswerMemo:
         # Sessions with a question under way (how many), and those among them that changed.
         self._asking: dict[str, int] = {}
         self._changed: set[str] = set()
-        self.hits = self.misses = 0
 
-    def get(self, key: Hashable, valid: object = None) -> bytes | None:
-        """The answer kept for `key`, if it was kept with the same `valid` tag."""
+    def get(self, key: Hashable) -> tuple[object, bytes] | None:
+        """(the `valid` tag it was kept with, the answer) for `key`, or None."""
         entry = self._answers.get(key)
-        if entry is None or entry[1] != valid:
-            self.misses += 1
+        if entry is None:
             return None
         self._answers.move_to_end(key)
-        self.hits += 1
-        return entry[2]
+        return entry[1], entry[2]
 
     def ticket(self, key: Hashable, session: str) -> Ticket:
         """Call before reading the facts for `key`; pass the ticket to `keep` or `drop`."""
@@ -59,7 +56,8 @@ class AnswerMemo:
         return Ticket(key, session, self._epoch)
 
     def keep(self, ticket: Ticket, answer: bytes, valid: object = None) -> None:
-        """Keep `answer` unless its session changed while it was being computed."""
+        """Keep `answer` unless its session changed while it was being computed; `valid` is
+        what the caller needs to know, at `get`, whether it still holds."""
         if ticket.epoch == self._epoch and ticket.session not in self._changed:
             self._put(ticket.key, ticket.session, answer, valid)
         self.drop(ticket)

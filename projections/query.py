@@ -512,6 +512,48 @@ def session_metrics(session_id: str, answer: dict) -> views.SessionMetrics:
         models=answer["models"], users=[u for u in answer["users"] if u is not None])
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+async def session_answer(facts: Facts, session_id: str, scope: Scope, *,
+                         timeout: float | None = None) -> bytes | None:
+    """The JSON of one session's `SessionMetrics` in the slice, or None when the slice has
+    no event of it. A question about the whole session as of now (no filter, window or
+    as-of) is answered from `facts.answers` while the session has not changed: its staleness
+    counts aside, which depend on the clock and so are kept with the second they were judged at.
+    """
+    q = scope.question
+    plain = (not q.where and q.from_us is None and q.to_us is None
+             and q.as_of_position is None and scope.now_us is None)
+    if not plain:
+        answers = await overview(facts, scope, "session_id", [session_id], timeout=timeout)
+        answer = answers.get(session_id)
+        return None if answer is None else _encode(session_metrics(session_id, answer))
+    key = (session_id, scope.stale_after_us)
+    reference = await _reference_us(facts, scope)
+    judged_at = (reference - scope.stale_after_us) // 1_000_000
+    kept = facts.answers.get(key)
+    if kept is not None and kept[0] in (None, judged_at):
+        return kept[1]
+    ticket = facts.answers.ticket(key, session_id)
+    try:
+        # Judged against the same time as `judged_at`, whatever the clock says meanwhile.
+        answers = await overview(facts, Scope(stale_after_us=scope.stale_after_us,
+                                              now_us=reference),
+                                 "session_id", [session_id], timeout=timeout)
+    except BaseException:
+        facts.answers.drop(ticket)
+        raise
+    answer = answers.get(session_id)
+    if answer is None:
+        facts.answers.drop(ticket)
+        return None
+    body = _encode(session_metrics(session_id, answer))
+    pending = answer["in_flight_requests"] or answer["stale_requests"]
+    facts.answers.keep(ticket, body, judged_at if pending else None)
+    return body
+
+
 def global_metrics(answer: dict) -> views.GlobalMetrics:
     return views.GlobalMetrics(**_public(answer), total_sessions=answer["total_sessions"])
 

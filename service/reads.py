@@ -74,12 +74,11 @@ async def get_global(request: web.Request) -> web.Response:
 async def get_session(request: web.Request) -> web.Response:
     """`GET /events/metrics/session/{session_id}`."""
     session_id = request.match_info["session_id"]
-    facts = request.app[keys.MODELS]
-    answers = await query.overview(facts, await _scope(request), "session_id", [session_id],
-                                   timeout=_timeout(request))
-    if session_id not in answers:
+    body = await query.session_answer(request.app[keys.MODELS], session_id,
+                                      await _scope(request), timeout=_timeout(request))
+    if body is None:
         return json_error(404, f"no events for session {session_id!r} in that slice")
-    return json_response(query.session_metrics(session_id, answers[session_id]))
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_session_requests(request: web.Request) -> web.Response:
