@@ -374,18 +374,24 @@ async def _reference_us(facts: Facts, scope: Scope) -> int:
     """The time staleness is judged against: the newest event time (as of the question's
     position), but never later than the clock, so one event stamped in the future cannot turn
     every pending request stale."""
-    now = scope.now_us if scope.now_us is not None else time.time_ns() // 1000
     position = scope.question.as_of_position
     if position is None:
-        newest = facts.newest_event_us
-    else:
-        rows = await facts.engine.read(
-            "SELECT max(t) FROM (SELECT max(end_us) FILTER (WHERE end_pos <= $1) AS t FROM requests"
-            " UNION ALL SELECT max(start_us) FILTER (WHERE start_pos <= $1) FROM requests"
-            " UNION ALL SELECT max(start_us) FILTER (WHERE start_pos <= $1) FROM pending)",
-            [position])
-        newest = rows[0][0] or 0
-    return min(newest, now)
+        return reference_us(facts, scope.now_us)
+    rows = await facts.engine.read(
+        "SELECT max(t) FROM (SELECT max(end_us) FILTER (WHERE end_pos <= $1) AS t FROM requests"
+        " UNION ALL SELECT max(start_us) FILTER (WHERE start_pos <= $1) FROM requests"
+        " UNION ALL SELECT max(start_us) FILTER (WHERE start_pos <= $1) FROM pending)",
+        [position])
+    return min(rows[0][0] or 0, _now(scope.now_us))
+
+
+def reference_us(facts: Facts, now_us: int | None = None) -> int:
+    """`_reference_us` as of now: the newest event time, or the clock (`now_us`) if earlier."""
+    return min(facts.newest_event_us, _now(now_us))
+
+
+def _now(now_us: int | None) -> int:
+    return now_us if now_us is not None else time.time_ns() // 1000
 
 
 async def overview(facts: Facts, scope: Scope, by: str | None = None,
@@ -510,48 +516,6 @@ def session_metrics(session_id: str, answer: dict) -> views.SessionMetrics:
         first_seen=us_to_timestamp(answer["first_seen_us"]),
         last_seen=us_to_timestamp(answer["last_seen_us"]),
         models=answer["models"], users=[u for u in answer["users"] if u is not None])
-
-
-_encode = msgspec.json.Encoder().encode
-
-
-async def session_answer(facts: Facts, session_id: str, scope: Scope, *,
-                         timeout: float | None = None) -> bytes | None:
-    """The JSON of one session's `SessionMetrics` in the slice, or None when the slice has
-    no event of it. A question about the whole session as of now (no filter, window or
-    as-of) is answered from `facts.answers` while the session has not changed: its staleness
-    counts aside, which depend on the clock and so are kept with the second they were judged at.
-    """
-    q = scope.question
-    plain = (not q.where and q.from_us is None and q.to_us is None
-             and q.as_of_position is None and scope.now_us is None)
-    if not plain:
-        answers = await overview(facts, scope, "session_id", [session_id], timeout=timeout)
-        answer = answers.get(session_id)
-        return None if answer is None else _encode(session_metrics(session_id, answer))
-    key = (session_id, scope.stale_after_us)
-    reference = await _reference_us(facts, scope)
-    judged_at = (reference - scope.stale_after_us) // 1_000_000
-    kept = facts.answers.get(key)
-    if kept is not None and kept[0] in (None, judged_at):
-        return kept[1]
-    ticket = facts.answers.ticket(key, session_id)
-    try:
-        # Judged against the same time as `judged_at`, whatever the clock says meanwhile.
-        answers = await overview(facts, Scope(stale_after_us=scope.stale_after_us,
-                                              now_us=reference),
-                                 "session_id", [session_id], timeout=timeout)
-    except BaseException:
-        facts.answers.drop(ticket)
-        raise
-    answer = answers.get(session_id)
-    if answer is None:
-        facts.answers.drop(ticket)
-        return None
-    body = _encode(session_metrics(session_id, answer))
-    pending = answer["in_flight_requests"] or answer["stale_requests"]
-    facts.answers.keep(ticket, body, judged_at if pending else None)
-    return body
 
 
 def global_metrics(answer: dict) -> views.GlobalMetrics:

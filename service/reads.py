@@ -12,7 +12,7 @@ import time
 
 from aiohttp import web
 
-from projections import query
+from projections import query, session_answers
 from projections.query import Question, Scope, SessionFilter
 from service import keys
 from service.errors import json_error
@@ -74,8 +74,8 @@ async def get_global(request: web.Request) -> web.Response:
 async def get_session(request: web.Request) -> web.Response:
     """`GET /events/metrics/session/{session_id}`."""
     session_id = request.match_info["session_id"]
-    body = await query.session_answer(request.app[keys.MODELS], session_id,
-                                      await _scope(request), timeout=_timeout(request))
+    body = await session_answers.answer(request.app[keys.MODELS], session_id,
+                                        await _scope(request), timeout=_timeout(request))
     if body is None:
         return json_error(404, f"no events for session {session_id!r} in that slice")
     return web.Response(body=body, content_type="application/json")

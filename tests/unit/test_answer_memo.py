@@ -1,5 +1,6 @@
-"""Kept one-session answers (`projections.memo`, `query.session_answer`) equal the answers
-computed afresh, whatever the order of applies and reads, through real DuckDB files."""
+"""One-session answers, kept (`projections.memo`) and gathered (`projections.session_answers`),
+equal the answers computed afresh, whatever the order of applies and reads, through real
+DuckDB files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections import query
+from projections import session_answers
 from projections.memo import AnswerMemo
 from projections.prices import PriceTable
 from projections.query import Question, Scope
@@ -24,12 +25,12 @@ SESSIONS = ["s1", "s2", "s3"]
 def fresh(models: Folded, sid: str) -> bytes | None:
     """The oracle: the answer computed now, past the memo (`now_us` makes it a non-plain
     question, judged against the newest event time as the plain one is)."""
-    return asyncio.run(query.session_answer(
+    return asyncio.run(session_answers.answer(
         models.facts, sid, Scope(stale_after_us=STALE_AFTER_US, now_us=2**62)))
 
 
 def kept(models: Folded, sid: str) -> bytes | None:
-    return asyncio.run(query.session_answer(models.facts, sid,
+    return asyncio.run(session_answers.answer(models.facts, sid,
                                             Scope(stale_after_us=STALE_AFTER_US)))
 
 
@@ -82,7 +83,7 @@ def test_a_read_under_way_while_its_session_changes_is_not_kept():
     models.add([f.completed("s1", "r1")])
 
     async def race():
-        reading = asyncio.create_task(query.session_answer(
+        reading = asyncio.create_task(session_answers.answer(
             models.facts, "s1", Scope(stale_after_us=STALE_AFTER_US)))
         await asyncio.sleep(0)  # the read has its ticket and is asking the engine
         models.position += 1
@@ -115,7 +116,7 @@ def test_sliced_questions_are_never_kept():
     models = Folded(None)
     models.add([f.completed("s1", "r1", model="a"), f.completed("s1", "r2", model="b")])
     sliced = Scope(question=Question(where={"model": ("a",)}), stale_after_us=STALE_AFTER_US)
-    answer = asyncio.run(query.session_answer(models.facts, "s1", sliced))
+    answer = asyncio.run(session_answers.answer(models.facts, "s1", sliced))
     assert msgspec.json.decode(answer)["total_requests"] == 1
     assert models.facts.answers.get(("s1", STALE_AFTER_US)) is None
     assert msgspec.json.decode(kept(models, "s1"))["total_requests"] == 2
@@ -133,3 +134,29 @@ def test_the_memo_keeps_at_most_its_bytes_and_drops_the_least_recently_read():
     assert memo.get("big") is None
     memo.forget_all()
     assert memo.get("c") is None
+
+
+def test_concurrent_cold_reads_are_gathered_into_few_questions_and_answer_each_right():
+    models = Folded(None)
+    sessions = [f"g{i}" for i in range(60)]
+    models.add([f.completed(sid, "r1", prompt_tokens=i + 1) for i, sid in enumerate(sessions)])
+    expected = {sid: fresh(models, sid) for sid in sessions + ["missing"]}
+    asked = []
+    read = models.facts.engine.read
+
+    async def counting_read(sql, params=(), **options):
+        asked.append(sql)
+        return await read(sql, params, **options)
+
+    models.facts.engine.read = counting_read
+
+    async def all_at_once():
+        return await asyncio.gather(*(session_answers.answer(
+            models.facts, sid, Scope(stale_after_us=STALE_AFTER_US))
+            for sid in sessions + ["missing"]))
+
+    got = asyncio.run(all_at_once())
+    assert dict(zip(sessions + ["missing"], got)) == expected
+    assert expected["missing"] is None
+    # Each overview is two engine questions; 61 asked one by one would be 122.
+    assert len(asked) <= 2 * (session_answers.SLOTS + 1), len(asked)
