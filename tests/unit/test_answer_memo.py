@@ -46,10 +46,10 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("read"), st.sampled_from(SESSIONS)),
     st.tuples(st.sampled_from(["started", "completed", "failed"]), st.sampled_from(SESSIONS),
               st.integers(0, 5), st.integers(0, 200)),
-), min_size=1, max_size=25)
+), min_size=1, max_size=16)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(steps)
 def test_kept_answers_equal_fresh_ones_after_any_interleaving(plan):
     """Reads between applies, including requests that turn stale only because another
