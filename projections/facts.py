@@ -12,9 +12,12 @@ query over these rows (`projections.query`). How two events make one row, whatev
 - everything the terminal event measures (status, tokens, durations, error) comes from it.
 
 Apply is one engine transaction per batch of log rows: the batch's events are paired by
-(session, request), the stored halves they complete are read in one query, and the merged rows
-written back in bulk (Arrow), with the log position they reflect (`tracking`). A crash anywhere
-leaves the facts at some committed position; startup applies the log after it.
+(session, request), the stored halves they complete are taken out of `pending` (and
+`unstarted`) as they are read, and the merged rows written back in bulk, with the log position
+they reflect (`tracking`). A crash anywhere leaves the facts at some committed position;
+startup applies the log after it. Each statement costs the engine a millisecond or more
+whatever its size, so an apply asks only what it cannot know: nothing of a table it knows
+to be empty, and small sets of rows go in as parameters rather than as Arrow tables.
 
 `unstarted` lists the requests whose terminal event came first, so that a late started event
 finds its row without scanning `requests`.
@@ -154,70 +157,126 @@ def _table(facts: Iterable[tuple], schema: pa.Schema = FACT_SCHEMA) -> pa.Table:
                                 schema=schema)
 
 
-# The stored halves a batch completes: pending starts of its terminal events, and the
-# start-less requests of its started events.
-_STORED_HALVES = f"""
-SELECT p.* FROM pending p SEMI JOIN batch_keys k USING (session_id, request_id)
-UNION ALL
-SELECT r.* FROM requests r WHERE r.end_pos IN (
-    SELECT u.end_pos FROM unstarted u SEMI JOIN batch_keys k USING (session_id, request_id))
-"""
+# The keys of a batch's halves as two parallel lists, `$1` sessions and `$2` requests: a point
+# predicate, no Arrow table to register for a handful of keys.
+_KEYS = "(SELECT unnest($1) AS s, unnest($2) AS r) k"
 
 
-def _apply(cur, rows: Sequence[tuple[int, Record]]) -> None:
-    """Pair the rows' events by request, complete the halves already stored, write back."""
-    halves: dict[tuple[str, str], tuple] = {}
+def _key_lists(keys: Iterable[tuple[str, str]]) -> list[list[str]]:
+    sessions, requests = [], []
+    for session, request in keys:
+        sessions.append(session)
+        requests.append(request)
+    return [sessions, requests]
+
+
+# Up to this many rows go in as the parameters of one INSERT ... VALUES: for so few, building
+# and registering an Arrow table costs more than the insert itself.
+_FEW_ROWS = 4
+
+
+def _insert(cur, table: str, rows: list[tuple], schema: pa.Schema = FACT_SCHEMA,
+            unless_in: str | None = None) -> int:
+    """Insert `rows` into `table` (those whose request is not in `unless_in` already, when
+    given); how many were inserted."""
+    if unless_in is None:
+        if len(rows) <= _FEW_ROWS:
+            row = "(" + ", ".join("?" * len(schema)) + ")"
+            cur.execute(f"INSERT INTO {table} VALUES {', '.join([row] * len(rows))}",
+                        [value for r in rows for value in r])
+        else:
+            cur.from_arrow(_table(rows, schema)).insert_into(table)
+        return len(rows)
+    cur.register("new_rows", _table(rows, schema))
+    try:
+        return cur.execute(f"INSERT INTO {table} SELECT * FROM new_rows ANTI JOIN {unless_in} "
+                           "USING (session_id, request_id)").fetchone()[0]
+    finally:
+        cur.unregister("new_rows")
+
+
+def _apply(cur, rows: Sequence[tuple[int, Record]], pending: int,
+           unstarted: int) -> tuple[int, int]:
+    """Pair the rows' events by request, complete the halves already stored, write back.
+
+    `pending` and `unstarted` are how many rows those tables hold: a table known to be empty
+    is not asked (most applies touch neither `unstarted` nor, for started events, `pending`,
+    and every statement costs the engine milliseconds whatever its size). Returns their new
+    counts."""
+    started: dict[tuple[str, str], tuple] = {}
+    terminal: dict[tuple[str, str], tuple] = {}
     done: dict[tuple[str, str], tuple] = {}
     for position, record in rows:
         half = half_of(position, record)
         key = (half[_SESSION], half[_REQUEST])
-        other = halves.get(key)
-        if key in done or (other is not None and _same_kind(other, half)):
+        if key in done:
             continue  # a second event of one kind: see _same_kind
-        if other is None:
-            halves[key] = half
-        else:  # both events in this batch
-            del halves[key]
-            done[key] = merge(other, half) if other[_STATUS] == 0 else merge(half, other)
-    stored = []
-    if halves:
-        cur.register("batch_keys", _table(halves, _KEY_SCHEMA))
-        try:
-            stored = cur.execute(_STORED_HALVES).fetchall()
-        finally:
-            cur.unregister("batch_keys")
-    gone_pending, gone_requests = [], []
-    for row in stored:
-        key = (row[_SESSION], row[_REQUEST])
-        half = halves.pop(key, None)
-        if half is None or _same_kind(row, half):
-            continue
-        if row[_STATUS] == 0:
-            gone_pending.append(row[_START_POS])
-            done[key] = merge(tuple(row), half)
+        if half[_STATUS] == 0:
+            if key in started:
+                continue
+            other = terminal.pop(key, None)
+            if other is None:
+                started[key] = half
+            else:  # both events in this batch
+                done[key] = merge(half, other)
         else:
-            gone_requests.append(row[_END_POS])
-            done[key] = merge(half, tuple(row))
-    if gone_pending:
-        cur.execute("DELETE FROM pending WHERE start_pos IN (SELECT unnest($1))", [gone_pending])
-    if gone_requests:
-        cur.execute("DELETE FROM requests WHERE end_pos IN (SELECT unnest($1))", [gone_requests])
-        cur.execute("DELETE FROM unstarted WHERE end_pos IN (SELECT unnest($1))",
-                    [gone_requests])
-    finished = list(done.values())
-    finished += [h for h in halves.values() if h[_STATUS] > 0]
-    started = [h for h in halves.values() if h[_STATUS] == 0]
-    unstarted = [(f[_SESSION], f[_REQUEST], f[_END_POS]) for f in finished
-                 if f[_START_POS] is None]
-    for table, new, schema in (("requests", finished, FACT_SCHEMA),
-                               ("pending", started, FACT_SCHEMA),
-                               ("unstarted", unstarted, _UNSTARTED_SCHEMA)):
-        if new:
-            cur.register("new_rows", _table(new, schema))
-            try:
-                cur.execute(f"INSERT INTO {table} SELECT * FROM new_rows")
-            finally:
-                cur.unregister("new_rows")
+            if key in terminal:
+                continue
+            other = started.pop(key, None)
+            if other is None:
+                terminal[key] = half
+            else:
+                done[key] = merge(other, half)
+    if unstarted and (started or terminal):
+        # Requests known only from their terminal event: a started half completes one; a
+        # terminal half would be its second terminal event (see _same_kind), and is dropped.
+        completing: dict[tuple[str, str], int] = {}
+        for session, request, end_pos in cur.execute(
+                f"SELECT u.session_id, u.request_id, u.end_pos FROM unstarted u, {_KEYS} "
+                "WHERE u.session_id = k.s AND u.request_id = k.r",
+                _key_lists([*started, *terminal])).fetchall():
+            key = (session, request)
+            if terminal.pop(key, None) is None and key in started:
+                completing.setdefault(key, end_pos)
+        if completing:
+            gone = list(completing.values())
+            for row in cur.execute("DELETE FROM requests WHERE end_pos IN (SELECT unnest($1)) "
+                                   "RETURNING *", [gone]).fetchall():
+                key = (row[_SESSION], row[_REQUEST])
+                done[key] = merge(started.pop(key), row)
+            unstarted -= cur.execute("DELETE FROM unstarted WHERE end_pos IN (SELECT unnest($1))",
+                                     [gone]).fetchone()[0]
+    if pending and terminal:
+        # The started halves these terminal events complete, taken out of `pending` as they
+        # are read.
+        stored = cur.execute(f"DELETE FROM pending USING {_KEYS} WHERE pending.session_id = k.s "
+                             "AND pending.request_id = k.r RETURNING pending.*",
+                             _key_lists(terminal)).fetchall()
+        pending -= len(stored)
+        for row in stored:
+            key = (row[_SESSION], row[_REQUEST])
+            half = terminal.pop(key, None)
+            if half is not None:
+                done[key] = merge(row, half)
+    finished = [*done.values(), *terminal.values()]
+    if finished:
+        _insert(cur, "requests", finished)
+    if started:
+        # A started half whose request is pending already is a second started event (see
+        # _same_kind): the anti-join keeps the first.
+        pending += _insert(cur, "pending", list(started.values()),
+                           unless_in="pending" if pending else None)
+    new_unstarted = [(f[_SESSION], f[_REQUEST], f[_END_POS]) for f in finished
+                     if f[_START_POS] is None]
+    if new_unstarted:
+        unstarted += _insert(cur, "unstarted", new_unstarted, _UNSTARTED_SCHEMA)
+    return pending, unstarted
+
+
+def _halves_stored(cur) -> tuple[int, int]:
+    """How many rows `pending` and `unstarted` hold."""
+    return cur.execute("SELECT (SELECT count(*) FROM pending), "
+                       "(SELECT count(*) FROM unstarted)").fetchone()
 
 
 def _event_key(record: Record) -> str:
@@ -267,6 +326,10 @@ class Facts:
         self.newest_event_us = 0
         self._event_key: str | None = None
         self._models: set[str] = set()
+        # How many rows `pending` and `unstarted` hold: an apply skips the lookups in a table
+        # known to be empty (see `_apply`).
+        self._pending = 0
+        self._unstarted = 0
         # One-session answers until their session changes (`projections.memo`).
         self.answers = AnswerMemo()
 
@@ -285,6 +348,7 @@ class Facts:
             self._clear(cur)
         else:
             self.position, self._event_key, self.newest_event_us = row[1], row[2], row[3]
+        self._count_halves(cur)
         self._models = {m for (m,) in cur.execute("SELECT DISTINCT model FROM model_prices")
                         .fetchall()}
         self._sync_prices(cur)
@@ -295,6 +359,10 @@ class Facts:
         cur.execute("INSERT INTO tracking VALUES (?, 0, NULL, 0)", [VERSION])
         self.position, self._event_key, self.newest_event_us = 0, None, 0
         self._models = set()
+        self._pending = self._unstarted = 0
+
+    def _count_halves(self, cur) -> None:
+        self._pending, self._unstarted = _halves_stored(cur)
 
     async def reset(self) -> None:
         """Forget every fact (before a rebuild from the whole log)."""
@@ -318,18 +386,22 @@ class Facts:
         if any(type(record) is Erased for _, record in rows):
             await self._apply_around_erasures(rows)
             return
-        newest = max(self.newest_event_us, max(r.timestamp_us for _, r in rows))
         last_position, last_key = rows[-1][0], _event_key(rows[-1][1])
-        new_models = {r.model for _, r in rows} - self._models
+        known_models, newest_before = self._models, self.newest_event_us
+        pending, unstarted = self._pending, self._unstarted
 
         def apply(cur):
-            _apply(cur, rows)
+            # Here rather than on the event loop: a batch can be 100k events.
+            newest = max(newest_before, max(r.timestamp_us for _, r in rows))
+            new_models = {r.model for _, r in rows} - known_models
+            counts = _apply(cur, rows, pending, unstarted)
             if new_models:
                 self._insert_prices(cur, new_models)
             cur.execute("UPDATE tracking SET position = ?, event_key = ?, newest_event_us = ?",
                         [last_position, last_key, newest])
+            return newest, new_models, counts
 
-        await self.engine.write(apply)
+        newest, new_models, (self._pending, self._unstarted) = await self.engine.write(apply)
         self._models |= new_models
         self.position, self._event_key, self.newest_event_us = last_position, last_key, newest
         self.answers.forget({record.session_id for _, record in rows})
@@ -354,7 +426,7 @@ class Facts:
         keep the deleted strings in its freed blocks."""
         key = _event_key(tomb)
 
-        def erase(cur) -> tuple[int, set[str]]:
+        def erase(cur) -> tuple[int, set[str], tuple[int, int]]:
             gone = 0
             for sql in ("DELETE FROM requests WHERE start_pos IN (SELECT unnest($1)) "
                         "OR end_pos IN (SELECT unnest($1))",
@@ -365,9 +437,9 @@ class Facts:
                         "(SELECT model FROM requests UNION SELECT model FROM pending)")
             cur.execute("UPDATE tracking SET position = ?, event_key = ?", [position, key])
             return gone, {m for (m,) in cur.execute("SELECT DISTINCT model FROM model_prices")
-                          .fetchall()}
+                          .fetchall()}, _halves_stored(cur)
 
-        gone, self._models = await self.engine.write(erase)
+        gone, self._models, (self._pending, self._unstarted) = await self.engine.write(erase)
         self.position, self._event_key = position, key
         self.answers.forget_all()
         if gone:

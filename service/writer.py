@@ -3,7 +3,11 @@
 Requests hand their prepared batches to `Writer.submit` and wait. One task drains everything
 queued, commits it in one transaction, hands the results to its `Follower`, which brings the
 read models up to the new events, and only then answers each request: an acknowledged event is
-durable and visible. One path for every backend; the follower is what differs:
+durable and visible. The next group commits while the follower works; the groups committed
+meanwhile go to the follower together, in commit order, so the read models pay their
+per-apply cost (a DuckDB transaction of several statements, whatever its size) once for all of
+them instead of once each (docs/ingest-performance.md). One path for every backend; the
+follower is what differs:
 
 - a log only this process appends to (SQLite): `ApplyOwnRows` applies the committed rows
   from memory, in position order;
@@ -95,12 +99,22 @@ class Writer:
         self._closing = False
         self._task: asyncio.Task | None = None
         self.appended = 0
-        self._unanswered: deque[asyncio.Task] = deque()
+        # Committed groups the follower has not taken yet, in commit order; and how many
+        # committed groups are not answered yet (those plus the ones being applied).
+        self._committed: deque[tuple[list[tuple[Sequence[NewEvent], asyncio.Future]],
+                                     list[Accepted | Rejected]]] = deque()
+        self._unanswered = 0
+        self._progress = asyncio.Condition()
+        self._follow_wakeup = asyncio.Event()
+        self._follow_task: asyncio.Task | None = None
+        # Done when the append under way (if any) has returned.
+        self._appending: asyncio.Future | None = None
         # Held by each group's append: `erase` runs between two of them.
         self._turn = asyncio.Lock()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-writer")
+        self._follow_task = asyncio.create_task(self._follow(), name="event-follower")
 
     async def submit(self, batch: Sequence[NewEvent]) -> Accepted | Rejected:
         """Queue one request's events and wait for their commit."""
@@ -134,12 +148,15 @@ class Writer:
         if self._task is not None:
             await self._task
         await self._answered(0)
+        self._follow_wakeup.set()
+        if self._follow_task is not None:
+            await self._follow_task
 
     async def _answered(self, at_most: int) -> None:
         """Wait until at most `at_most` committed groups are still to be answered."""
-        while len(self._unanswered) > at_most:
-            await asyncio.wait([self._unanswered[0]])
-            self._unanswered.popleft()
+        if self._unanswered > at_most:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._unanswered <= at_most)
 
     async def _run(self) -> None:
         while True:
@@ -173,6 +190,7 @@ class Writer:
     async def _commit(self, group: list[tuple[Sequence[NewEvent], asyncio.Future]]) -> None:
         if not group:
             return
+        self._appending = appending = asyncio.get_running_loop().create_future()
         try:
             results = await self._store.append([batch for batch, _ in group])
         except StoreUnavailable as exc:
@@ -187,23 +205,44 @@ class Writer:
             for item in group:
                 await self._commit([item])
             return
-        previous = self._unanswered[-1] if self._unanswered else None
-        self._unanswered.append(asyncio.create_task(self._answer(group, results, previous)))
+        finally:
+            appending.set_result(None)
+        self._committed.append((group, results))
+        self._unanswered += 1
+        self._follow_wakeup.set()
         await self._answered(MAX_UNANSWERED_GROUPS - 1)
 
-    async def _answer(self, group: list[tuple[Sequence[NewEvent], asyncio.Future]],
-                      results: list[Accepted | Rejected], previous: asyncio.Task | None) -> None:
-        """Bring the read models up to a committed group, then answer its requests; groups
-        are answered in commit order, so the read models see positions in order."""
-        if previous is not None:
-            await asyncio.wait([previous])
-        try:
-            await self.follower.committed(results)
-        except Exception:
-            log.exception("committed events could not be applied to the read models")
-        self.appended += sum(r.appended for r in results if isinstance(r, Accepted))
-        for (_, future), result in zip(group, results):
-            if not future.done():
-                future.set_result(result)
-        if self._on_commit is not None:
-            self._on_commit(self._models.position)
+    async def _follow(self) -> None:
+        """Bring the read models up to the committed groups, then answer their requests: all
+        the groups committed since the last round in one call of the follower, in commit
+        order, so the read models see positions in order and every answer follows its apply."""
+        while True:
+            if not self._committed:
+                if self._closing and self._task is not None and self._task.done():
+                    return
+                self._follow_wakeup.clear()
+                await self._follow_wakeup.wait()
+                continue
+            if self._appending is not None and not self._appending.done():
+                # A group is being committed: it joins this round. Taking only what is there
+                # would apply a group of one event alone, and the ones after it a round later.
+                await self._appending
+            groups = list(self._committed)
+            self._committed.clear()
+            try:
+                await self.follower.committed([r for _, results in groups for r in results])
+            except Exception:
+                log.exception("committed events could not be applied to the read models")
+            for group, results in groups:
+                self.appended += sum(r.appended for r in results if isinstance(r, Accepted))
+                for (_, future), result in zip(group, results):
+                    if not future.done():
+                        future.set_result(result)
+            self._unanswered -= len(groups)
+            async with self._progress:
+                self._progress.notify_all()
+            if self._on_commit is not None:
+                try:
+                    self._on_commit(self._models.position)
+                except Exception:
+                    log.exception("an after-commit hook failed")
