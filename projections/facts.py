@@ -25,7 +25,7 @@ finds its row without scanning `requests`.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Awaitable, Callable, Iterable, Sequence
 
 import pyarrow as pa
 
@@ -332,6 +332,8 @@ class Facts:
         self._unstarted = 0
         # One-session answers until their session changes (`projections.memo`).
         self.answers = AnswerMemo()
+        # Awaited after each erasure's tombstone is applied (the alerts forget its groups).
+        self.erasure_hooks: list[Callable[[Erased], Awaitable[None]]] = []
 
     @classmethod
     async def open(cls, engine: Engine, prices: PriceTable) -> "Facts":
@@ -442,6 +444,8 @@ class Facts:
         gone, self._models, (self._pending, self._unstarted) = await self.engine.write(erase)
         self.position, self._event_key = position, key
         self.answers.forget_all()
+        for hook in self.erasure_hooks:
+            await hook(tomb)
         if gone:
             await self.engine.compact()
 

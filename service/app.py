@@ -168,6 +168,7 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
             if store is None:
                 await app[keys.STORE].close()
             raise
+        app[keys.MODELS].erasure_hooks.append(app[keys.ALERTS].forget_erased)
         await app[keys.ALERTS].start()
         yield
         await app[keys.ALERTS].close()

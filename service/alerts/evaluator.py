@@ -104,6 +104,12 @@ class Evaluator:
             except Exception:
                 log.exception("alert evaluation failed; trying again at the next event or timer")
 
+    async def forget_groups(self, match: Callable[[dict], bool]) -> int:
+        """`AlertStore.forget_groups`, between two evaluations: one under way cannot write a
+        forgotten group back."""
+        async with self._one_at_a_time:
+            return await self._store.forget_groups(match)
+
     async def evaluate(self) -> int:
         """Evaluate every rule once; returns the number of state changes recorded."""
         async with self._one_at_a_time:

@@ -3,15 +3,22 @@ and the views the routes answer with."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
+from events.records import Erased, erasure_key
 from service.alerts.evaluator import Evaluator, Observe
 from service.alerts.rules import Rule
 from service.alerts.store import AlertStore, Delivery, State
 from service.webhooks import Deliverer, now_us, rfc3339
+
+
+log = logging.getLogger(__name__)
+
+_ERASED_DIMENSION = {"session": "session_id", "user": "user_id"}
 
 
 class Alerts:
@@ -42,6 +49,21 @@ class Alerts:
     def notify(self, position: int) -> None:
         """The writer's and tailer's hook after new events: only schedules an evaluation."""
         self.evaluator.notify(position)
+
+    async def forget_erased(self, tomb: Erased) -> None:
+        """An erasure's tombstone was applied (here or on another replica): the groups of the
+        erased session or user go too, states and webhook deliveries, so that their id is not
+        kept here either. Matched through the tombstone's hash of the id, which is all the log
+        keeps of it."""
+        dimension = _ERASED_DIMENSION.get(tomb.scope)
+        if dimension is None:
+            return  # retention: the groups of old data are not personal data of their own
+        try:
+            await self.evaluator.forget_groups(
+                lambda group: group.get(dimension) is not None
+                and erasure_key(tomb.scope, group[dimension]) == tomb.key_hash)
+        except Exception:  # the events are erased whatever happens here; say it loudly
+            log.exception("the alert groups of an erased %s could not be deleted", tomb.scope)
 
     async def create_rule(self, rule: Rule) -> bool:
         """Store a new rule and evaluate it soon; False when the name is taken."""

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import aiosqlite
 import msgspec
@@ -144,6 +144,8 @@ class AlertStore:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA busy_timeout=5000")
+            # Deleted rows are zeroed, not left in free pages: erasure (`forget_groups`).
+            await conn.execute("PRAGMA secure_delete=ON")
             async with conn.execute("PRAGMA user_version") as cur:
                 (version,) = await cur.fetchone()
             if version > SCHEMA_VERSION:
@@ -256,6 +258,24 @@ class AlertStore:
             return True
         guard = ("SELECT 1 FROM rules WHERE name = ?", (rule,))
         return await self._transaction(statements, guard=guard) is not None
+
+    async def forget_groups(self, match: Callable[[dict], bool]) -> int:
+        """Delete the states and deliveries (sent or not) of every group `match` picks, for
+        good: zeroed in the file and out of the WAL once this returns. Returns how many groups
+        went."""
+        rows = await self._fetch("SELECT group_key, group_json FROM states UNION "
+                                 "SELECT group_key, group_json FROM deliveries")
+        keys = sorted({key for key, group in rows if match(msgspec.json.decode(group))})
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            await self._transaction([
+                (f"DELETE FROM states WHERE group_key IN ({marks})", tuple(chunk)),
+                (f"DELETE FROM deliveries WHERE group_key IN ({marks})", tuple(chunk))])
+        if keys:
+            async with self._lock:
+                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(keys)
 
     # -- the outbox ----------------------------------------------------------------------------
 

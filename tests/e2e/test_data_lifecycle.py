@@ -18,6 +18,7 @@ import pytest
 from tests import factories as f
 from tests.postgres import schema_for_processes
 from tests.server import ServerProcess, run_cli
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -143,14 +144,33 @@ def without_volatile(answers: dict[str, object]) -> dict[str, object]:
     return out
 
 
+def alerting_on_the_erased(server: ServerProcess, receiver: Receiver) -> None:
+    """Rules grouped by user and by session, firing for every group (the erased ones too),
+    each announced by a webhook: the alert file holds the erased ids before the erasure."""
+    for name, dimension in (("per-user", "user_id"), ("per-session", "session_id")):
+        status, body = server.request("POST", "/alerts/rules", {
+            "name": name, "measure": "total_requests", "op": ">=", "threshold": 1,
+            "window": "30d", "group_by": dimension, "webhook_url": receiver.url})
+        assert status == 201, body
+    wait_for(lambda: {USER, SESSION} <= {g for r in receiver.requests()
+                                         for g in r.json["group"].values()})
+
+
 def test_erasure_on_sqlite(tmp_path):
     db = tmp_path / "events.db"
-    with ServerProcess(db) as server:
+    alerts = [Path(f"{db}.alerts.db"), Path(f"{db}.alerts.db-wal")]
+    with Receiver() as receiver, ServerProcess(db) as server:
         assert server.request("POST", "/events", events())[0] == 201
+        alerting_on_the_erased(server, receiver)
         after = erase_and_check(server)
         files = [db, Path(f"{db}-wal"), Path(f"{db}.facts.duckdb"),
                  Path(f"{db}.facts.duckdb.wal")]
-        assert_no_erased_bytes(files)
+        assert_no_erased_bytes(files + alerts)
+        for path in ("/alerts", "/alerts/rules/per-user", "/alerts/rules/per-session",
+                     "/alerts/deliveries"):
+            status, body = server.request("GET", path)
+            assert status == 200, (path, body)
+            assert_no_erased_string(json.dumps(body), path)
         repost_is_duplicate(server)
         assert without_volatile(answers(server)) == without_volatile(after)
     with ServerProcess(db, port=server.port) as server:
