@@ -368,6 +368,9 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True):
     question: Question = Question()
     stale_after_us: int = 600_000_000
     now_us: int | None = None
+    # `by_model` of an answer holds this many models at most (most requests first); the
+    # rest are counted in `other_models` (ask the query API for them).
+    top_models: int = 100
 
 
 async def _reference_us(facts: Facts, scope: Scope) -> int:
@@ -416,6 +419,14 @@ async def overview(facts: Facts, scope: Scope, by: str | None = None,
         sql, msgspec.structs.replace(q, group_by=tuple(key) + (("model",) if per_model else ())),
         _OVERVIEW_MEASURES, ("dur_q", "ttft_q", "errors", "unpriced"),
         totals_of="model" if per_model else None)
+    if per_model:
+        # Bounded: 20,000 models must not make one answer megabytes long (issue 12).
+        part = ", ".join(["_total", *key])
+        text = (f"SELECT * EXCLUDE (_rank) FROM (SELECT *, row_number() OVER (PARTITION BY "
+                f"{part} ORDER BY total_requests DESC, model) AS _rank, count(*) OVER "
+                f"(PARTITION BY {part}) AS _models FROM ({text}) a) b "
+                f"WHERE _total OR _rank <= {sql.bind(scope.top_models)}")
+        columns = [*columns, "_models"]
     measures_rows, extent = await asyncio.gather(
         facts.engine.read(text, sql.params, timeout=timeout),
         _extent(facts, q, by, cutoff, timeout))
@@ -425,12 +436,12 @@ async def overview(facts: Facts, scope: Scope, by: str | None = None,
         k, rest = (row[0], row[1:]) if by else (None, row)
         answers[k] = dict(total_sessions=rest[0], first_seen_us=rest[1], last_seen_us=rest[2],
                           models=rest[3], users=rest[4], in_flight_requests=rest[5],
-                          stale_requests=rest[6], by_model={}, unpriced_models=[],
-                          **_metrics(_EMPTY))
+                          stale_requests=rest[6], by_model={}, other_models=0,
+                          unpriced_models=[], **_metrics(_EMPTY))
     if not by and not answers:
         answers[None] = dict(total_sessions=0, first_seen_us=None, last_seen_us=None, models=[],
                              users=[], in_flight_requests=0, stale_requests=0, by_model={},
-                             unpriced_models=[], **_metrics(_EMPTY))
+                             other_models=0, unpriced_models=[], **_metrics(_EMPTY))
     for row in measures_rows:
         values = dict(zip(columns, row))
         answer = answers.get(values[by] if by else None)
@@ -438,11 +449,13 @@ async def overview(facts: Facts, scope: Scope, by: str | None = None,
             continue
         if values.get("_total", True):
             answer.update(_metrics(values))
-            answer["unpriced_models"] = values["unpriced"] or []
+            answer["unpriced_models"] = (values["unpriced"] or [])[:scope.top_models]
         else:
             answer["by_model"][values["model"]] = views.Metrics(**_metrics(values))
+            answer["other_models"] = values["_models"]
     for answer in answers.values():
         answer["by_model"] = dict(sorted(answer["by_model"].items()))
+        answer["other_models"] = max(0, answer["other_models"] - len(answer["by_model"]))
     return answers
 
 
@@ -524,7 +537,8 @@ def global_metrics(answer: dict) -> views.GlobalMetrics:
 
 def model_metrics(model: str, answer: dict, priced: bool) -> views.ModelMetrics:
     fields = {k: v for k, v in _public(answer).items()
-              if k not in ("by_model", "unpriced_models", "in_flight_requests", "stale_requests")}
+              if k not in ("by_model", "other_models", "unpriced_models", "in_flight_requests",
+                           "stale_requests")}
     return views.ModelMetrics(**fields, model=model, priced=priced)
 
 
@@ -532,6 +546,23 @@ def user_metrics(user_id: str, answer: dict) -> views.UserMetrics:
     fields = {k: v for k, v in _public(answer).items()
               if k not in ("in_flight_requests", "stale_requests")}
     return views.UserMetrics(**fields, user_id=user_id)
+
+
+async def model_page(facts: Facts, scope: Scope, limit: int, cursor: str | None, *,
+                     timeout: float | None = None) -> views.ModelList:
+    """The models with finished requests in the slice, by name, `limit` from `cursor` on."""
+    q = scope.question
+    names = await ask(facts, msgspec.structs.replace(
+        q, group_by=("model",), measures=("total_requests",), sort="model", order="asc",
+        limit=limit, cursor=cursor), timeout=timeout)
+    page = [row["model"] for row in names.rows]
+    answers = {}
+    for start in range(0, len(page), MAX_FILTER_VALUES):
+        answers.update(await overview(facts, scope, "model",
+                                      page[start:start + MAX_FILTER_VALUES], timeout=timeout))
+    priced = await priced_models(facts)
+    return views.ModelList([model_metrics(name, answers[name], name in priced)
+                            for name in page if name in answers], names.next)
 
 
 async def priced_models(facts: Facts) -> set[str]:

@@ -40,10 +40,10 @@ async def answer(facts: Facts, session_id: str, scope: Scope, *,
         found = answers.get(session_id)
         return None if found is None else _encode(query.session_metrics(session_id, found))
     judged_at = _judged_at(facts, scope.stale_after_us)
-    kept = facts.answers.get((session_id, scope.stale_after_us))
+    kept = facts.answers.get((session_id, scope.stale_after_us, scope.top_models))
     if kept is not None and kept[0] in (None, judged_at):
         return kept[1]
-    return await _gatherer(facts, scope.stale_after_us).ask(session_id, timeout)
+    return await _gatherer(facts, scope).ask(session_id, timeout)
 
 
 def _judged_at(facts: Facts, stale_after_us: int) -> int:
@@ -53,9 +53,10 @@ def _judged_at(facts: Facts, stale_after_us: int) -> int:
 class _Gatherer:
     """The questions about sessions of one `Facts` (and one staleness limit) not yet asked."""
 
-    def __init__(self, facts: Facts, stale_after_us: int):
+    def __init__(self, facts: Facts, stale_after_us: int, top_models: int):
         self._facts = facts
         self._stale_after_us = stale_after_us
+        self._top_models = top_models
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = asyncio.Semaphore(SLOTS)
         self._open: dict[str, asyncio.Future] | None = None
@@ -98,13 +99,15 @@ class _Gatherer:
 
     async def _ask(self, session_ids: list[str], timeout: float | None) -> dict[str, bytes]:
         memo, facts = self._facts.answers, self._facts
-        tickets = [memo.ticket((sid, self._stale_after_us), sid) for sid in session_ids]
+        tickets = [memo.ticket((sid, self._stale_after_us, self._top_models), sid)
+                   for sid in session_ids]
         # One time for the whole question, and the `judged_at` it is kept with.
         reference = query.reference_us(facts)
         judged_at = (reference - self._stale_after_us) // 1_000_000
         try:
             answers = await query.overview(
-                facts, Scope(stale_after_us=self._stale_after_us, now_us=reference),
+                facts, Scope(stale_after_us=self._stale_after_us, now_us=reference,
+                             top_models=self._top_models),
                 "session_id", session_ids, timeout=timeout)
         except BaseException:
             for ticket in tickets:
@@ -122,13 +125,14 @@ class _Gatherer:
         return bodies
 
 
-_gatherers: weakref.WeakKeyDictionary[Facts, dict[int, _Gatherer]] = \
+_gatherers: weakref.WeakKeyDictionary[Facts, dict[tuple[int, int], _Gatherer]] = \
     weakref.WeakKeyDictionary()
 
 
-def _gatherer(facts: Facts, stale_after_us: int) -> _Gatherer:
-    by_limit = _gatherers.setdefault(facts, {})
-    gatherer = by_limit.get(stale_after_us)
+def _gatherer(facts: Facts, scope: Scope) -> _Gatherer:
+    by_policy = _gatherers.setdefault(facts, {})
+    policy = (scope.stale_after_us, scope.top_models)
+    gatherer = by_policy.get(policy)
     if gatherer is None:
-        gatherer = by_limit[stale_after_us] = _Gatherer(facts, stale_after_us)
+        gatherer = by_policy[policy] = _Gatherer(facts, *policy)
     return gatherer

@@ -54,6 +54,7 @@ class SessionMetrics(Metrics, kw_only=True):
     stale_requests: int
     unpriced_models: list[str]
     by_model: dict[str, Metrics]
+    other_models: int = 0
 
 
 class GlobalMetrics(Metrics, kw_only=True):
@@ -64,6 +65,7 @@ class GlobalMetrics(Metrics, kw_only=True):
     stale_requests: int
     unpriced_models: list[str]
     by_model: dict[str, Metrics]
+    other_models: int = 0
 
 
 class ModelMetrics(Metrics, kw_only=True):
@@ -75,6 +77,7 @@ class ModelMetrics(Metrics, kw_only=True):
 
 class ModelList(msgspec.Struct):
     models: list[ModelMetrics]
+    next: str | None = None
 
 
 class UserMetrics(Metrics, kw_only=True):
@@ -83,6 +86,7 @@ class UserMetrics(Metrics, kw_only=True):
     user_id: str
     unpriced_models: list[str]
     by_model: dict[str, Metrics]
+    other_models: int = 0
 
 
 class SessionsPage(msgspec.Struct, kw_only=True):

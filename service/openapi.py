@@ -186,7 +186,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         query=(Param("sort", Literal[query.LISTING_MEASURES + ("tag",)], "sort key"),)
         + LISTING + FILTERS + WINDOW + AS_OF),
     ("GET", "/events/metrics/models"): Operation(
-        "Metrics per model", {200: {JSON: views.ModelList}}, query=FILTERS + WINDOW + AS_OF),
+        "Metrics per model, by name, a page at a time", {200: {JSON: views.ModelList}},
+        query=LISTING[:2] + FILTERS + WINDOW + AS_OF),
     ("GET", "/events/metrics/models/{model}"): Operation(
         "One model's metrics", {200: {JSON: views.ModelMetrics}},
         query=FILTERS + WINDOW + AS_OF, errors=(404,)),

@@ -10,6 +10,7 @@ import csv
 import io
 import time
 
+import msgspec
 from aiohttp import web
 
 from projections import query, session_answers
@@ -57,7 +58,7 @@ async def _question(request: web.Request, **fixed: str) -> Question:
 async def _scope(request: web.Request, **fixed: str) -> Scope:
     config = request.app[keys.CONFIG]
     return Scope(question=await _question(request, **fixed),
-                 stale_after_us=int(config.stale_after * 1_000_000))
+                 stale_after_us=int(config.stale_after * 1_000_000), top_models=config.top_models)
 
 
 def _timeout(request: web.Request) -> float:
@@ -106,9 +107,9 @@ async def get_sessions(request: web.Request) -> web.Response:
     )
     scope = await _scope(request)
     # model and user_id pick sessions here, not requests: a session is shown whole.
-    scope = Scope(question=Question(from_us=scope.question.from_us, to_us=scope.question.to_us,
-                                    as_of_position=scope.question.as_of_position),
-                  stale_after_us=scope.stale_after_us)
+    scope = msgspec.structs.replace(scope, question=Question(
+        from_us=scope.question.from_us, to_us=scope.question.to_us,
+        as_of_position=scope.question.as_of_position))
     page = await query.sessions_page(
         request.app[keys.MODELS], scope, where, sort, order == "desc",
         int_param(request, "limit", 100, 1, 1000), request.query.get("cursor"),
@@ -117,14 +118,13 @@ async def get_sessions(request: web.Request) -> web.Response:
 
 
 async def get_models(request: web.Request) -> web.Response:
-    """`GET /events/metrics/models`: every model of the slice."""
+    """`GET /events/metrics/models?limit=&cursor=`: the models of the slice, by name, a page at
+    a time."""
     facts = request.app[keys.MODELS]
-    answers = await query.overview(facts, await _scope(request), "model",
-                                   timeout=_timeout(request))
-    priced = await query.priced_models(facts)
-    return json_response(query.views.ModelList([
-        query.model_metrics(name, answer, name in priced)
-        for name, answer in sorted(answers.items()) if answer["total_requests"]]))
+    scope = await _scope(request)
+    page = await query.model_page(facts, scope, int_param(request, "limit", 100, 1, 1000),
+                                  request.query.get("cursor"), timeout=_timeout(request))
+    return json_response(page)
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -227,7 +227,9 @@ def stream_render(app: web.Application):
     `GET /events/metrics/session/{id}` for the sessions an append touched."""
     async def render(session_ids: list[str]) -> tuple[object, list[object]]:
         facts = app[keys.MODELS]
-        scope = Scope(stale_after_us=int(app[keys.CONFIG].stale_after * 1_000_000))
+        config = app[keys.CONFIG]
+        scope = Scope(stale_after_us=int(config.stale_after * 1_000_000),
+                      top_models=config.top_models)
         overall = await query.overview(facts, scope)
         sessions = await query.overview(facts, scope, "session_id", session_ids) \
             if session_ids else {}

@@ -202,3 +202,36 @@ async def test_sessions_sorted_by_cost(client):
     page = await get(client, "/events/metrics/sessions?sort=total_cost_usd")
     assert [s["session_id"] for s in page["sessions"]] == ["given", "dear", "cheap", "free"]
     assert [s["total_cost_usd"] > 0 for s in page["sessions"]] == [True, True, True, False]
+
+
+async def test_many_models_keep_every_answer_bounded(aiohttp_client, config):
+    """Issue 12 (4): with more models than LLM_METRICS_TOP_MODELS, `by_model` and
+    `unpriced_models` hold the ones with most requests and `other_models` counts the rest;
+    the models listing is a page with a cursor. Nothing is lost: the pages add up."""
+    from dataclasses import replace
+
+    from service.app import create_app
+
+    client = await aiohttp_client(create_app(replace(config, top_models=5)))
+    events = [f.completed(f"s{i % 3}", f"r{i}-{j}", model=f"m{i:02d}")
+              for i in range(30) for j in range(1 + (i == 7) * 5 + (i == 11) * 3)]
+    assert (await client.post("/events", json=events, headers=AUTH)).status == 201
+    overall = await (await client.get("/events/metrics", headers=AUTH)).json()
+    assert len(overall["by_model"]) == 5 and overall["other_models"] == 25
+    assert {"m07", "m11"} <= set(overall["by_model"])  # most requests first
+    assert len(overall["unpriced_models"]) == 5
+    assert overall["total_requests"] == len(events)  # totals count every model
+    session = await (await client.get("/events/metrics/session/s1", headers=AUTH)).json()
+    assert len(session["by_model"]) == 5 and session["other_models"] == 5
+    seen, cursor = [], None
+    while True:
+        page = await (await client.get("/events/metrics/models?limit=7"
+                                       + (f"&cursor={cursor}" if cursor else ""),
+                                       headers=AUTH)).json()
+        seen += [m["model"] for m in page["models"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == [f"m{i:02d}" for i in range(30)]
+    bad = await client.get("/events/metrics/models?limit=0", headers=AUTH)
+    assert bad.status == 400 and "limit" in (await bad.text())

@@ -91,7 +91,7 @@ def test_a_read_under_way_while_its_session_changes_is_not_kept():
         await reading
 
     asyncio.run(race())
-    assert models.facts.answers.get(("s1", STALE_AFTER_US)) is None
+    assert models.facts.answers.get(("s1", STALE_AFTER_US, 100)) is None
     assert msgspec.json.decode(kept(models, "s1"))["total_requests"] == 2
     assert kept(models, "s1") == fresh(models, "s1")
 
@@ -118,7 +118,7 @@ def test_sliced_questions_are_never_kept():
     sliced = Scope(question=Question(where={"model": ("a",)}), stale_after_us=STALE_AFTER_US)
     answer = asyncio.run(session_answers.answer(models.facts, "s1", sliced))
     assert msgspec.json.decode(answer)["total_requests"] == 1
-    assert models.facts.answers.get(("s1", STALE_AFTER_US)) is None
+    assert models.facts.answers.get(("s1", STALE_AFTER_US, 100)) is None
     assert msgspec.json.decode(kept(models, "s1"))["total_requests"] == 2
 
 
