@@ -401,12 +401,13 @@ class Facts:
                 self._insert_prices(cur, new_models)
             cur.execute("UPDATE tracking SET position = ?, event_key = ?, newest_event_us = ?",
                         [last_position, last_key, newest])
-            return newest, new_models, counts
+            return newest, new_models, counts, {r.session_id for _, r in rows}
 
-        newest, new_models, (self._pending, self._unstarted) = await self.engine.write(apply)
+        newest, new_models, (self._pending, self._unstarted), sessions = \
+            await self.engine.write(apply)
         self._models |= new_models
         self.position, self._event_key, self.newest_event_us = last_position, last_key, newest
-        self.answers.forget({record.session_id for _, record in rows})
+        self.answers.forget(sessions)
 
     # ---- erasure (docs/event-log.md, "Erasure") -------------------------------------------------
 
