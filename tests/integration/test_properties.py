@@ -15,7 +15,7 @@ import math
 import random
 import tempfile
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import msgspec
@@ -204,7 +204,7 @@ def measure(name: str, reqs: list[dict]):
         "total_requests": n,
         "successful_requests": ok,
         "failed_requests": len(failed),
-        "error_rate": round(len(failed) / n, 6) if n else None,
+        "error_rate": sql_round(len(failed) / n, 6) if n else None,
         "total_prompt_tokens": sum(r["prompt"] for r in done),
         "total_completion_tokens": sum(r["completion"] for r in done),
         "total_tokens": sum(r["prompt"] + r["completion"] for r in done),
@@ -213,14 +213,14 @@ def measure(name: str, reqs: list[dict]):
         "reasoning_tokens": sum(r["reasoning"] for r in done),
         "requests_with_tools": sum(r["tools"] for r in done),
         "total_duration_ms": sum(durations) / 1000,
-        "average_duration_ms": round(sum(durations) / 1000 / ok, 2) if ok else None,
-        "average_tokens_per_request": round(sum(r["prompt"] + r["completion"] for r in done)
+        "average_duration_ms": sql_round(sum(durations) / 1000 / ok, 2) if ok else None,
+        "average_tokens_per_request": sql_round(sum(r["prompt"] + r["completion"] for r in done)
                                             / ok, 2) if ok else None,
         "total_cost_usd": sum(cost_p(r) for r in reqs) / 1e12,
         "prompt_cost_usd": None,
         "completion_cost_usd": None,
-        "output_tokens_per_second": round(sum(c for c, _ in gen) / (sum(g for _, g in gen) / 1e6),
-                                          2) if gen else None,
+        "output_tokens_per_second": sql_round(
+            sum(c for c, _ in gen) / (sum(g for _, g in gen) / 1e6), 2) if gen else None,
     }[name]
 
 
@@ -276,6 +276,12 @@ def oracle_rows(reqs: list[dict], positions: dict, q: dict, as_of: int | None) -
     if not q["group_by"] and not groups:
         groups[()] = []
     return [dict(zip(q["group_by"], k), _reqs=v) for k, v in groups.items()]
+
+
+def sql_round(x: float, digits: int) -> float:
+    """The engine's `round(x, digits)`: the exact value of x to `digits` decimals, halves away
+    from zero (Python's `round` sends them to even: 759.125 is 759.12 there, 759.13 here)."""
+    return float(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 def same(got, want) -> bool:
