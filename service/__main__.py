@@ -32,8 +32,9 @@ def _is_loopback(host: str) -> bool:
 
 # How long a thread may hold the GIL while others wait (Python's default is 5 ms). The facts'
 # writer and readers run Python between DuckDB calls; the shorter turn lets the event loop in
-# sooner: `/health` p99 under batch ingest and queries fell from 44-57 ms to 31-34 ms
-# (`python -m bench --only health_under_load`, 2026-12-02, ingest rate unchanged).
+# sooner: `/health` p99 under batch ingest and queries 28-32 ms at 5 ms, 20-23 ms at 0.5 ms
+# (`python -m bench --only health_under_load`, three runs each alternating, 2026-12-02 16:40,
+# ingest rate the same, 6.3-6.9k events/s).
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 # SQLite maps its shared-memory file when it opens a WAL database; on a disk with no room left
