@@ -7,6 +7,7 @@ WAL or the facts file shows any of their strings, and re-posting their events is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.parse
@@ -249,7 +250,19 @@ def wait_for(condition, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def test_retention_sweeps_exactly_the_old_requests(tmp_path):
+@contextlib.contextmanager
+def log_on(backend: str, tmp_path: Path):
+    """(`ServerProcess` arguments) for a log on SQLite, or on a fresh PostgreSQL schema."""
+    if backend == "sqlite":
+        yield dict(db=tmp_path / "events.db")
+        return
+    with schema_for_processes("retention") as url:
+        yield dict(db=tmp_path / "replica.db", LLM_METRICS_DB=url,
+                   LLM_METRICS_FACTS=str(tmp_path / "replica.facts.duckdb"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_retention_sweeps_exactly_the_old_requests(tmp_path, backend):
     now = datetime.now(timezone.utc)
 
     def at(minutes_ago: float) -> str:
@@ -264,8 +277,12 @@ def test_retention_sweeps_exactly_the_old_requests(tmp_path):
                    dict(f.completed("mixed", f"m{i}"), timestamp=at(1))]
     old.append(dict(f.started("old", "pending"), timestamp=at(61)))      # pending: by its start
     recent.append(dict(f.started("new", "pending"), timestamp=at(2)))
-    db = tmp_path / "events.db"
-    with ServerProcess(db, LLM_METRICS_RETENTION="1h", LLM_METRICS_RETENTION_SWEEP="0.2") as s:
+    with log_on(backend, tmp_path) as log:
+        sweep_and_restart(log, old, recent, at)
+
+
+def sweep_and_restart(log: dict, old: list[dict], recent: list[dict], at) -> None:
+    with ServerProcess(**log, LLM_METRICS_RETENTION="1h", LLM_METRICS_RETENTION_SWEEP="0.2") as s:
         assert s.request("POST", "/events", old + recent)[0] == 201
         wait_for(lambda: s.request("GET", "/events/metrics")[1]["total_requests"] == 5)
         assert s.request("GET", "/events/metrics/session/old")[0] == 404
@@ -278,7 +295,7 @@ def test_retention_sweeps_exactly_the_old_requests(tmp_path):
         wait_for(lambda: s.request("GET", "/events/metrics/session/late")[0] == 404)
     assert "retention: erased 11 events" in s.log()
     # The first sweep runs before the server answers: nothing old is ever served.
-    with ServerProcess(db, port=s.port, LLM_METRICS_RETENTION="1s") as s:
+    with ServerProcess(**log, port=s.port, LLM_METRICS_RETENTION="1s") as s:
         body = s.request("GET", "/events/metrics")[1]
         assert (body["total_requests"], body["total_sessions"]) == (0, 0), body
         assert export(s) == []

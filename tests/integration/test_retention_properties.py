@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from service import keys
 from service.app import create_app
 from service.config import Config
+from tests.postgres import dsn_with_schema, fresh_schema
 
 AUTH = {"x-internal-auth": "secret"}
 RETENTION_S = 3600
@@ -71,37 +72,45 @@ def scenarios(draw):
     return before, during, sweeps
 
 
-async def run(before, during, sweeps) -> None:
+async def run(before, during, sweeps, backend: str = "sqlite") -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        if backend == "sqlite":
+            await run_on(str(Path(tmp) / "events.db"), tmp, before, during, sweeps)
+            return
+        async with fresh_schema("retprop") as schema:
+            await run_on(dsn_with_schema(schema), tmp, before, during, sweeps)
+
+
+async def run_on(db: str, tmp: str, before, during, sweeps) -> None:
     now = datetime.now(timezone.utc)
     now_us = time.time_ns() // 1000
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Config(db=str(Path(tmp) / "events.db"), retention=RETENTION_S,
-                        retention_sweep=3600)
-        app = create_app(config)
-        async with TestClient(TestServer(app)) as client:
-            async def post(events):
-                if events:
-                    r = await client.post("/events", json=events, headers=AUTH)
-                    assert r.status == 201, await r.text()
+    config = Config(db=db, facts=str(Path(tmp) / "facts.duckdb"), retention=RETENTION_S,
+                    retention_sweep=3600)
+    app = create_app(config)
+    async with TestClient(TestServer(app)) as client:
+        async def post(events):
+            if events:
+                r = await client.post("/events", json=events, headers=AUTH)
+                assert r.status == 201, await r.text()
 
-            await post(wire(before, now))
-            lifecycle = app[keys.LIFECYCLE]
-            await asyncio.gather(*[lifecycle.sweep(now_us) for _ in range(sweeps)],
-                                 *[post(wire(batch, now)) for batch in during])
-            await lifecycle.sweep(now_us)  # whatever raced, one more sweep settles the old
+        await post(wire(before, now))
+        lifecycle = app[keys.LIFECYCLE]
+        await asyncio.gather(*[lifecycle.sweep(now_us) for _ in range(sweeps)],
+                             *[post(wire(batch, now)) for batch in during])
+        await lifecycle.sweep(now_us)  # whatever raced, one more sweep settles the old
 
-            expected = kept(before) + [r for batch in during for r in batch]
-            r = await client.get("/events?after=0&limit=10000", headers=AUTH)
-            exported = sorted(line.split('"event_id":"')[1].split('"')[0]
-                              for line in (await r.text()).splitlines() if line)
-            assert exported == sorted(
-                f"{req}-{suffix}" for _, req, _, end, _ in expected
-                for suffix in (("s", "t") if end is not None else ("s",)))
-            metrics = await (await client.get("/events/metrics", headers=AUTH)).json()
-            finished = [r for r in expected if r[3] is not None]
-            assert metrics["total_requests"] == len(finished)
-            assert metrics["failed_requests"] == sum(1 for r in finished if r[4])
-            assert metrics["total_sessions"] == len({r[0] for r in expected})
+        expected = kept(before) + [r for batch in during for r in batch]
+        r = await client.get("/events?after=0&limit=10000", headers=AUTH)
+        exported = sorted(line.split('"event_id":"')[1].split('"')[0]
+                          for line in (await r.text()).splitlines() if line)
+        assert exported == sorted(
+            f"{req}-{suffix}" for _, req, _, end, _ in expected
+            for suffix in (("s", "t") if end is not None else ("s",)))
+        metrics = await (await client.get("/events/metrics", headers=AUTH)).json()
+        finished = [r for r in expected if r[3] is not None]
+        assert metrics["total_requests"] == len(finished)
+        assert metrics["failed_requests"] == sum(1 for r in finished if r[4])
+        assert metrics["total_sessions"] == len({r[0] for r in expected})
 
 
 @settings(max_examples=25, deadline=None, print_blob=True,
@@ -109,6 +118,15 @@ async def run(before, during, sweeps) -> None:
 @given(scenarios())
 def test_sweeps_racing_with_ingest_remove_exactly_the_old_requests(scenario):
     asyncio.run(run(*scenario))
+
+
+@settings(max_examples=8, deadline=None, print_blob=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_on_postgresql_too(scenario):
+    """The same on a shared PostgreSQL log (a fresh schema per example; skipped without a
+    server)."""
+    asyncio.run(run(*scenario, backend="postgresql"))
 
 
 def test_one_example():
