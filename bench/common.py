@@ -43,6 +43,8 @@ class Sizes(msgspec.Struct, frozen=True):
     connections: int
     seconds: float
     warmup: float
+    # Replica counts `pg_designs` compares the append designs at.
+    design_replicas: tuple[int, ...] = (1, 2, 3)
 
 
 FULL = Sizes(events=1_000_000, sessions=100_000, big_events=10_000_000, big_sessions=1_000_000,
@@ -50,7 +52,8 @@ FULL = Sizes(events=1_000_000, sessions=100_000, big_events=10_000_000, big_sess
              batch_events=200_000, batch_size=1_000, batch_clients=4, connections=64,
              seconds=5.0, warmup=1.0)
 SMOKE = Sizes(events=4_000, sessions=400, big_events=8_000, big_sessions=800, startup_tail=200, startup_runs=1, batch_events=2_000,
-              batch_size=100, batch_clients=4, connections=8, seconds=0.3, warmup=0.1)
+              batch_size=100, batch_clients=4, connections=8, seconds=0.3, warmup=0.1,
+              design_replicas=(2,))
 
 
 class Figure(msgspec.Struct, kw_only=True):

@@ -83,7 +83,7 @@ async def appends_per_s(design: type[PostgresStore], url: str, replicas: int,
 def run(sizes: Sizes = FULL) -> list[Figure]:
     figures = []
     bodies = list(dataset.batches(sizes.batch_events, max(1, sizes.batch_events // 10), 1))
-    for replicas in (1, 2, 3):
+    for replicas in sizes.design_replicas:
         with fresh_schema("designs_ceiling") as (_, url):
             bare = asyncio.run(commit_per_row_ceiling(bodies, url, replicas * TASKS_PER_REPLICA,
                                                       sizes.seconds))
