@@ -95,12 +95,16 @@ def slot_key(record: Record) -> bytes:
     own leading byte. Every other key is computed as before, so the slots of existing logs stay
     valid without rewriting them (see docs/event-log.md).
     """
-    kind = b"S" if type(record) is Started else b"T"
-    session, request = record.session_id.encode(), record.request_id.encode()
-    if b"\x00" in session:
-        raw = b"L" + kind + len(session).to_bytes(4, "big") + session + request
+    kind = "S" if type(record) is Started else "T"
+    session = record.session_id
+    if "\x00" in session:
+        session_bytes = session.encode()
+        raw = b"L" + kind.encode() + len(session_bytes).to_bytes(4, "big") + session_bytes \
+            + record.request_id.encode()
     else:
-        raw = kind + session + b"\x00" + request
+        # One str joined and encoded: the same bytes as joining the encoded parts, cheaper
+        # (a batch computes one key per event).
+        raw = (kind + session + "\x00" + record.request_id).encode()
     return hashlib.blake2b(raw, digest_size=16).digest()
 
 

@@ -91,8 +91,6 @@ FACT_SCHEMA = pa.schema([(line.split()[0], _ARROW_TYPES[line.split()[1].rstrip("
 (_SESSION, _REQUEST, _MODEL, _PROVIDER, _USER, _TAGS, _START_US, _START_POS, _END_US, _END_POS,
  _STATUS) = range(11)
 _USERS = len(FACT_FIELDS) - 1
-_MEASURED = slice(11, _USERS)  # what only the terminal event says
-_NO_MEASURES = (None,) * (_USERS - 11)
 _KEY_SCHEMA = pa.schema([("session_id", pa.string()), ("request_id", pa.string())])
 _UNSTARTED_SCHEMA = _KEY_SCHEMA.append(pa.field("end_pos", pa.int64()))
 # Prices in integer pico-dollars per token: int64 holds up to 9.2e6 USD per token.
@@ -104,54 +102,97 @@ _PRICE_SCHEMA = pa.schema([("model", pa.string()), ("from_us", pa.int64()),
                               "above_cached_input", "above_cache_write")])
 
 
-def _us(ms: float | None) -> int | None:
-    # int(x + 0.5), not round(): as exact for these non-negative values, and cheaper.
-    return None if ms is None else int(ms * 1000 + 0.5)
+# Every row without tags or users shares this list: pyarrow only reads it.
+_EMPTY: list = []
 
 
-def half_of(position: int, r: Record) -> tuple:
-    """The fact one event makes on its own (the other event's columns null)."""
-    kind = type(r)
-    tags = sorted(set(r.tags))
-    users = [] if r.user_id is None else [r.user_id]
-    if kind is Started:
-        return (r.session_id, r.request_id, r.model, r.provider, r.user_id, tags,
-                r.timestamp_us, position, None, None, 0) + _NO_MEASURES + (users,)
-    head = (r.session_id, r.request_id, r.model, r.provider, r.user_id, tags,
-            None, None, r.timestamp_us, position)
-    if kind is Completed:
-        return head + (1, None, None, _us(r.duration_ms), _us(r.time_to_first_token_ms),
-                       r.prompt_tokens, r.completion_tokens, r.total_tokens,
-                       r.cached_prompt_tokens, r.cache_write_prompt_tokens, r.reasoning_tokens,
-                       r.tool_calls, r.has_tool_calls, r.finish_reason, r.cost_usd, users)
-    if kind is Failed:
-        return head + (2, r.error_type, r.error_message, _us(r.duration_ms)) + (None,) * 11 \
-            + (users,)
-    raise TypeError(f"not a log record: {kind.__name__}")
+def _started_columns(items: Sequence[tuple[int, Started]]) -> list[list]:
+    """The facts started events make on their own (the terminal columns null), as columns in
+    `FACT_FIELDS` order: built column by column, no tuple per event, since a batch holds
+    thousands of them."""
+    recs = [r for _, r in items]
+    nones = [None] * len(recs)
+    return [
+        [r.session_id for r in recs], [r.request_id for r in recs], [r.model for r in recs],
+        [r.provider for r in recs], [r.user_id for r in recs],
+        [sorted(set(r.tags)) if r.tags else _EMPTY for r in recs],
+        [r.timestamp_us for r in recs], [p for p, _ in items], nones, nones,
+        [0] * len(recs),
+        *[nones] * (_USERS - 11),
+        [_EMPTY if r.user_id is None else [r.user_id] for r in recs],
+    ]
 
 
-def merge(started: tuple, terminal: tuple) -> tuple:
-    """One request's fact from its started half and its terminal half (see the module doc)."""
-    return (
-        started[_SESSION], started[_REQUEST],
-        terminal[_MODEL],
-        terminal[_PROVIDER] if terminal[_PROVIDER] is not None else started[_PROVIDER],
-        terminal[_USER] if terminal[_USER] is not None else started[_USER],
-        sorted(set(started[_TAGS]) | set(terminal[_TAGS])),
-        started[_START_US], started[_START_POS], terminal[_END_US], terminal[_END_POS],
-        terminal[_STATUS],
-    ) + tuple(terminal[_MEASURED]) + (sorted(set(started[_USERS]) | set(terminal[_USERS])),)
+def _terminal_columns(items: Sequence[tuple[int, Completed | Failed]]) -> list[list]:
+    """The facts terminal events make on their own (the started columns null), as columns."""
+    recs = [r for _, r in items]
+    for r in recs:
+        if type(r) is not Completed and type(r) is not Failed:
+            raise TypeError(f"not a log record: {type(r).__name__}")
+    nones = [None] * len(recs)
+    # int(x * 1000 + 0.5), not round(): as exact for these non-negative values, and cheaper.
+    done = [r if type(r) is Completed else None for r in recs]
+    failed = [r if type(r) is Failed else None for r in recs]
+    return [
+        [r.session_id for r in recs], [r.request_id for r in recs], [r.model for r in recs],
+        [r.provider for r in recs], [r.user_id for r in recs],
+        [sorted(set(r.tags)) if r.tags else _EMPTY for r in recs],
+        nones, nones, [r.timestamp_us for r in recs], [p for p, _ in items],
+        [1 if r is not None else 2 for r in done],
+        [None if r is None else r.error_type for r in failed],
+        [None if r is None else r.error_message for r in failed],
+        [None if r.duration_ms is None else int(r.duration_ms * 1000 + 0.5) for r in recs],
+        [None if r is None or r.time_to_first_token_ms is None
+         else int(r.time_to_first_token_ms * 1000 + 0.5) for r in done],
+        [None if r is None else r.prompt_tokens for r in done],
+        [None if r is None else r.completion_tokens for r in done],
+        [None if r is None else r.total_tokens for r in done],
+        [None if r is None else r.cached_prompt_tokens for r in done],
+        [None if r is None else r.cache_write_prompt_tokens for r in done],
+        [None if r is None else r.reasoning_tokens for r in done],
+        [None if r is None else r.tool_calls for r in done],
+        [None if r is None else r.has_tool_calls for r in done],
+        [None if r is None else r.finish_reason for r in done],
+        [None if r is None else r.cost_usd for r in done],
+        [_EMPTY if r.user_id is None else [r.user_id] for r in recs],
+    ]
 
 
-def _same_kind(a: tuple, b: tuple) -> bool:
-    """Two started, or two terminal, events of one request. The store never keeps both (its
-    request slots); a log that has them anyway keeps the first, so it still applies."""
-    return (a[_STATUS] == 0) == (b[_STATUS] == 0)
+def _row_columns(rows: Sequence[tuple]) -> list[list]:
+    """Stored fact rows as columns."""
+    return [list(c) for c in zip(*rows)] if rows else [[] for _ in FACT_FIELDS]
 
 
-def _table(facts: Iterable[tuple], schema: pa.Schema = FACT_SCHEMA) -> pa.Table:
-    columns = list(zip(*facts))
-    if not columns:
+def _union(a: list, b: list) -> list:
+    # Both sorted and distinct already; most pairs carry the same list, or one of them none.
+    return a if a == b or not b else b if not a else sorted(set(a) | set(b))
+
+
+def merged(started: list[list], terminal: list[list]) -> list[list]:
+    """Requests' facts from their started halves and their terminal halves, as columns aligned
+    by request (see the module doc for the rules)."""
+    out = list(terminal)
+    out[_SESSION], out[_REQUEST] = started[_SESSION], started[_REQUEST]
+    out[_PROVIDER] = [t if t is not None else s
+                      for s, t in zip(started[_PROVIDER], terminal[_PROVIDER])]
+    out[_USER] = [t if t is not None else s for s, t in zip(started[_USER], terminal[_USER])]
+    out[_TAGS] = list(map(_union, started[_TAGS], terminal[_TAGS]))
+    out[_START_US], out[_START_POS] = started[_START_US], started[_START_POS]
+    out[_USERS] = list(map(_union, started[_USERS], terminal[_USERS]))
+    return out
+
+
+def _concat(*parts: list[list]) -> list[list]:
+    """Column sets one after the other."""
+    parts = [p for p in parts if p[0]]
+    if len(parts) == 1:
+        return parts[0]
+    return [[v for column in columns for v in column] for columns in zip(*parts)] if parts \
+        else [[] for _ in FACT_FIELDS]
+
+
+def _table(columns: Sequence[list], schema: pa.Schema = FACT_SCHEMA) -> pa.Table:
+    if not columns or not columns[0]:
         return schema.empty_table()
     return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, schema)],
                                 schema=schema)
@@ -175,19 +216,20 @@ def _key_lists(keys: Iterable[tuple[str, str]]) -> list[list[str]]:
 _FEW_ROWS = 4
 
 
-def _insert(cur, table: str, rows: list[tuple], schema: pa.Schema = FACT_SCHEMA,
+def _insert(cur, table: str, columns: list[list], schema: pa.Schema = FACT_SCHEMA,
             unless_in: str | None = None) -> int:
-    """Insert `rows` into `table` (those whose request is not in `unless_in` already, when
-    given); how many were inserted."""
+    """Insert the rows of `columns` into `table` (those whose request is not in `unless_in`
+    already, when given); how many were inserted."""
+    count = len(columns[0])
     if unless_in is None:
-        if len(rows) <= _FEW_ROWS:
+        if count <= _FEW_ROWS:
             row = "(" + ", ".join("?" * len(schema)) + ")"
-            cur.execute(f"INSERT INTO {table} VALUES {', '.join([row] * len(rows))}",
-                        [value for r in rows for value in r])
+            cur.execute(f"INSERT INTO {table} VALUES {', '.join([row] * count)}",
+                        [value for r in zip(*columns) for value in r])
         else:
-            cur.from_arrow(_table(rows, schema)).insert_into(table)
-        return len(rows)
-    cur.register("new_rows", _table(rows, schema))
+            cur.from_arrow(_table(columns, schema)).insert_into(table)
+        return count
+    cur.register("new_rows", _table(columns, schema))
     try:
         return cur.execute(f"INSERT INTO {table} SELECT * FROM new_rows ANTI JOIN {unless_in} "
                            "USING (session_id, request_id)").fetchone()[0]
@@ -199,37 +241,41 @@ def _apply(cur, rows: Sequence[tuple[int, Record]], pending: int,
            unstarted: int) -> tuple[int, int]:
     """Pair the rows' events by request, complete the halves already stored, write back.
 
-    `pending` and `unstarted` are how many rows those tables hold: a table known to be empty
-    is not asked (most applies touch neither `unstarted` nor, for started events, `pending`,
-    and every statement costs the engine milliseconds whatever its size). Returns their new
-    counts."""
-    started: dict[tuple[str, str], tuple] = {}
-    terminal: dict[tuple[str, str], tuple] = {}
-    done: dict[tuple[str, str], tuple] = {}
-    for position, record in rows:
-        half = half_of(position, record)
-        key = (half[_SESSION], half[_REQUEST])
-        if key in done:
-            continue  # a second event of one kind: see _same_kind
-        if half[_STATUS] == 0:
+    A second event of one kind of a request (two started, or two terminal, events: the store
+    never keeps both, its request slots) is dropped: a log that has them anyway keeps the
+    first, so it still applies. `pending` and `unstarted` are how many rows those tables hold:
+    a table known to be empty is not asked (most applies touch neither `unstarted` nor, for
+    started events, `pending`, and every statement costs the engine milliseconds whatever its
+    size). Returns their new counts."""
+    started: dict[tuple[str, str], tuple[int, Record]] = {}
+    terminal: dict[tuple[str, str], tuple[int, Record]] = {}
+    pairs: dict[tuple[str, str], tuple[tuple[int, Record], tuple[int, Record]]] = {}
+    for row in rows:
+        record = row[1]
+        key = (record.session_id, record.request_id)
+        if key in pairs:
+            continue  # a second event of one kind
+        if type(record) is Started:
             if key in started:
                 continue
             other = terminal.pop(key, None)
             if other is None:
-                started[key] = half
+                started[key] = row
             else:  # both events in this batch
-                done[key] = merge(half, other)
+                pairs[key] = (row, other)
         else:
             if key in terminal:
                 continue
             other = started.pop(key, None)
             if other is None:
-                terminal[key] = half
+                terminal[key] = row
             else:
-                done[key] = merge(other, half)
+                pairs[key] = (other, row)
+    finished = [merged(_started_columns([s for s, _ in pairs.values()]),
+                       _terminal_columns([t for _, t in pairs.values()]))] if pairs else []
     if unstarted and (started or terminal):
         # Requests known only from their terminal event: a started half completes one; a
-        # terminal half would be its second terminal event (see _same_kind), and is dropped.
+        # terminal half would be its second terminal event, and is dropped.
         completing: dict[tuple[str, str], int] = {}
         for session, request, end_pos in cur.execute(
                 f"SELECT u.session_id, u.request_id, u.end_pos FROM unstarted u, {_KEYS} "
@@ -240,10 +286,11 @@ def _apply(cur, rows: Sequence[tuple[int, Record]], pending: int,
                 completing.setdefault(key, end_pos)
         if completing:
             gone = list(completing.values())
-            for row in cur.execute("DELETE FROM requests WHERE end_pos IN (SELECT unnest($1)) "
-                                   "RETURNING *", [gone]).fetchall():
-                key = (row[_SESSION], row[_REQUEST])
-                done[key] = merge(started.pop(key), row)
+            stored = cur.execute("DELETE FROM requests WHERE end_pos IN (SELECT unnest($1)) "
+                                 "RETURNING *", [gone]).fetchall()
+            finished.append(merged(
+                _started_columns([started.pop((r[_SESSION], r[_REQUEST])) for r in stored]),
+                _row_columns(stored)))
             unstarted -= cur.execute("DELETE FROM unstarted WHERE end_pos IN (SELECT unnest($1))",
                                      [gone]).fetchone()[0]
     if pending and terminal:
@@ -253,23 +300,26 @@ def _apply(cur, rows: Sequence[tuple[int, Record]], pending: int,
                              "AND pending.request_id = k.r RETURNING pending.*",
                              _key_lists(terminal)).fetchall()
         pending -= len(stored)
+        halves, completed = [], []
         for row in stored:
-            key = (row[_SESSION], row[_REQUEST])
-            half = terminal.pop(key, None)
+            half = terminal.pop((row[_SESSION], row[_REQUEST]), None)
             if half is not None:
-                done[key] = merge(row, half)
-    finished = [*done.values(), *terminal.values()]
-    if finished:
+                halves.append(row)
+                completed.append(half)
+        if halves:
+            finished.append(merged(_row_columns(halves), _terminal_columns(completed)))
+    alone = _terminal_columns(list(terminal.values()))
+    finished = _concat(*finished, alone)
+    if finished[0]:
         _insert(cur, "requests", finished)
     if started:
-        # A started half whose request is pending already is a second started event (see
-        # _same_kind): the anti-join keeps the first.
-        pending += _insert(cur, "pending", list(started.values()),
+        # A started half whose request is pending already is a second started event: the
+        # anti-join keeps the first.
+        pending += _insert(cur, "pending", _started_columns(list(started.values())),
                            unless_in="pending" if pending else None)
-    new_unstarted = [(f[_SESSION], f[_REQUEST], f[_END_POS]) for f in finished
-                     if f[_START_POS] is None]
-    if new_unstarted:
-        unstarted += _insert(cur, "unstarted", new_unstarted, _UNSTARTED_SCHEMA)
+    if alone[0]:
+        unstarted += _insert(cur, "unstarted", [alone[_SESSION], alone[_REQUEST], alone[_END_POS]],
+                             _UNSTARTED_SCHEMA)
     return pending, unstarted
 
 
@@ -453,7 +503,7 @@ class Facts:
     def _insert_prices(self, cur, models: Iterable[str]) -> None:
         rows = price_rows(self.prices, sorted(models))
         if rows:
-            cur.register("new_prices", _table(rows, _PRICE_SCHEMA))
+            cur.register("new_prices", _table(list(map(list, zip(*rows))), _PRICE_SCHEMA))
             try:
                 cur.execute("INSERT INTO model_prices SELECT * FROM new_prices")
             finally:

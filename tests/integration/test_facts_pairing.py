@@ -1,6 +1,6 @@
 """How an apply pairs a request's two events with what the facts already hold, on a real DuckDB
 file: in either order, in one apply or two, across a reopen and an erasure; a second event of
-one kind keeps the first (`projections.facts._same_kind`). An apply skips the lookups in
+one kind keeps the first (`projections.facts._apply`). An apply skips the lookups in
 `pending` and `unstarted` while it knows them empty, so every case here also checks that the
 facts keep knowing what those tables hold."""
 

@@ -230,10 +230,10 @@ async def test_facts_that_cannot_take_a_page_name_the_position(store, tmp_path, 
     try:
         facts = await Facts.open(engine, default_prices())
 
-        def broken(position, record):
+        def broken(items):
             raise ZeroDivisionError("boom")
 
-        monkeypatch.setattr(facts_module, "half_of", broken)
+        monkeypatch.setattr(facts_module, "_terminal_columns", broken)
         with pytest.raises(UnfoldableLog, match="after position 0 decode but cannot be applied"):
             await catch_up(store, facts)
         assert facts.position == 0
