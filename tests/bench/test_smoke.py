@@ -83,3 +83,14 @@ def test_a_failing_script_is_reported_not_hidden():
     assert "| x | w | 2 u | 4 u (c) | 0.50 | t | **no** |" in table
     assert "| disk | failed: ValueError: boom |" in table
     assert set(SCRIPTS) >= {"replay", "disk"}
+
+
+def test_the_stage_probe_times_every_stage():
+    """`python -m bench.stages` (docs/ingest-performance.md) on a few thousand events."""
+    out = subprocess.run([sys.executable, "-m", "bench.stages", "--events", "2000"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    stages = {line.rsplit(None, 4)[0]: float(line.split()[-4]) for line in out.stdout.splitlines()}
+    assert set(stages) == {"parse_body", "SQLiteStore.append", "Facts.apply_rows",
+                           "executemany (ceiling)"}, out.stdout
+    assert all(0 < us < 10_000 for us in stages.values()), out.stdout
