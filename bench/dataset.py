@@ -190,7 +190,14 @@ def facts_path(log: Path) -> Path:
     facts' version, so a change to the facts schema builds them anew."""
     from projections.facts import VERSION
 
-    return log.with_name(f"{log.stem}.facts-v{VERSION}.duckdb")
+    # "g": facts with a generation token (projections.facts), which the copies share, so that
+    # the session answers built once on a copy serve every copy (`answers_path`).
+    return log.with_name(f"{log.stem}.facts-v{VERSION}g.duckdb")
+
+
+def answers_path(log: Path) -> Path:
+    """Where the session answers built on the cached facts of `log` are kept."""
+    return Path(f"{facts_path(log)}.answers.db")
 
 
 def copy_facts(log: Path, target: Path) -> Path:

@@ -25,12 +25,14 @@ finds its row without scanning `requests`.
 
 from __future__ import annotations
 
+import uuid
 from typing import Awaitable, Callable, Iterable, Sequence
 
 import pyarrow as pa
 
 from events.records import Completed, Erased, Failed, Record, Started
 from projections.engine import Engine
+from projections.answer_store import AnswerStore
 from projections.memo import AnswerMemo
 from projections.prices import PriceTable, pico_per_token
 
@@ -73,6 +75,9 @@ CREATE TABLE IF NOT EXISTS pending ({_FACT_COLUMNS});
 CREATE TABLE IF NOT EXISTS unstarted (session_id VARCHAR, request_id VARCHAR, end_pos BIGINT);
 CREATE TABLE IF NOT EXISTS tracking (
     version INTEGER, position BIGINT, event_key VARCHAR, newest_event_us BIGINT);
+-- A token drawn whenever the facts start over: what is derived from them (the session answers
+-- kept on disk, projections.answer_store) tells by it that they are the facts it came from.
+CREATE TABLE IF NOT EXISTS generation (token VARCHAR);
 -- The price of every model the facts name, one row per price period (see projections.prices):
 -- cost is computed when asked, from these and the token counts.
 CREATE TABLE IF NOT EXISTS model_prices (
@@ -82,7 +87,7 @@ CREATE TABLE IF NOT EXISTS model_prices (
     above_input HUGEINT, above_output HUGEINT, above_cached_input HUGEINT,
     above_cache_write HUGEINT);
 """
-TABLES = ("requests", "pending", "unstarted", "tracking", "model_prices")
+TABLES = ("requests", "pending", "unstarted", "tracking", "model_prices", "generation")
 
 _ARROW_TYPES = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "UTINYINT": pa.uint8(),
                 "BOOLEAN": pa.bool_(), "DOUBLE": pa.float64(), "VARCHAR[]": pa.list_(pa.string())}
@@ -374,14 +379,17 @@ class Facts:
         self.prices = prices
         self.position = 0
         self.newest_event_us = 0
+        self.generation = ""
         self._event_key: str | None = None
         self._models: set[str] = set()
         # How many rows `pending` and `unstarted` hold: an apply skips the lookups in a table
         # known to be empty (see `_apply`).
         self._pending = 0
         self._unstarted = 0
-        # One-session answers until their session changes (`projections.memo`).
+        # One-session answers until their session changes (`projections.memo`), and those
+        # of every settled session on disk when the service keeps them (`answer_store`).
         self.answers = AnswerMemo()
+        self.answer_store: AnswerStore | None = None
         # Awaited after each erasure's tombstone is applied (the alerts forget its groups).
         self.erasure_hooks: list[Callable[[Erased], Awaitable[None]]] = []
 
@@ -400,6 +408,11 @@ class Facts:
             self._clear(cur)
         else:
             self.position, self._event_key, self.newest_event_us = row[1], row[2], row[3]
+            token = cur.execute("SELECT token FROM generation").fetchone()
+            if token is None:  # facts from before the table: their generation starts now
+                self._new_generation(cur)
+            else:
+                self.generation = token[0]
         self._count_halves(cur)
         self._models = {m for (m,) in cur.execute("SELECT DISTINCT model FROM model_prices")
                         .fetchall()}
@@ -409,15 +422,22 @@ class Facts:
         for table in TABLES:
             cur.execute(f"DELETE FROM {table}")
         cur.execute("INSERT INTO tracking VALUES (?, 0, NULL, 0)", [VERSION])
+        self._new_generation(cur)
         self.position, self._event_key, self.newest_event_us = 0, None, 0
         self._models = set()
         self._pending = self._unstarted = 0
+
+    def _new_generation(self, cur) -> None:
+        self.generation = uuid.uuid4().hex
+        cur.execute("DELETE FROM generation")
+        cur.execute("INSERT INTO generation VALUES (?)", [self.generation])
 
     def _count_halves(self, cur) -> None:
         self._pending, self._unstarted = _halves_stored(cur)
 
     async def reset(self) -> None:
         """Forget every fact (before a rebuild from the whole log)."""
+        await self._forget_all_answers()
         await self.engine.write(self._clear)
         self.answers.forget_all()
 
@@ -458,6 +478,8 @@ class Facts:
         self._models |= new_models
         self.position, self._event_key, self.newest_event_us = last_position, last_key, newest
         self.answers.forget(sessions)
+        if self.answer_store is not None:
+            self.answer_store.touch(sessions)
 
     # ---- erasure (docs/event-log.md, "Erasure") -------------------------------------------------
 
@@ -478,6 +500,8 @@ class Facts:
         models no fact names any more; then rewrite the facts file, which would otherwise
         keep the deleted strings in its freed blocks."""
         key = _event_key(tomb)
+        # Before the facts change: no answer kept on disk may outlive what it shows.
+        await self._forget_all_answers()
 
         def erase(cur) -> tuple[int, set[str], tuple[int, int]]:
             gone = 0
@@ -516,5 +540,10 @@ class Facts:
     async def set_prices(self, prices: PriceTable) -> None:
         """Price every request, past and future, with `prices` from now on."""
         self.prices = prices
+        await self._forget_all_answers()
         await self.engine.write(self._sync_prices)
         self.answers.forget_all()
+
+    async def _forget_all_answers(self) -> None:
+        if self.answer_store is not None:
+            await self.answer_store.forget_all()

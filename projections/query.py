@@ -407,10 +407,11 @@ async def overview(facts: Facts, scope: Scope, by: str | None = None,
     `in_flight_requests`, `stale_requests`, `total_sessions`, `first_seen_us`, `last_seen_us`,
     `models` and `users`.
     """
-    q = scope.question
+    q = check(msgspec.structs.replace(scope.question, group_by=(), measures=_OVERVIEW_MEASURES))
     if keys is not None:
+        # After `check`: keys come from the service (the sessions it answers), as many as it
+        # asks about, not from a parameter.
         q = msgspec.structs.replace(q, where={**q.where, by: tuple(keys)})
-    q = check(msgspec.structs.replace(q, group_by=(), measures=_OVERVIEW_MEASURES))
     cutoff = await _reference_us(facts, scope) - scope.stale_after_us
     key = [by] if by else []
     sql = _Sql()

@@ -1,24 +1,35 @@
 """One session's answer (`GET /events/metrics/session/{id}`), the read a dashboard makes most.
 
-Two things make it cheap under load, both for the question about the whole session as of now
-(no filter, window or as-of; any other is asked as it is):
+The engine takes tens of milliseconds for it (planning and scanning for a few rows), so for the
+question about the whole session as of now (no filter, window or as-of; any other is asked as
+it is) an answer is looked for first
 
-- an answer is kept until its session changes (`projections.memo`);
-- questions that find nothing kept are asked together: while `SLOTS` of them are with the
-  engine, the next ones gather into one question about all their sessions, which costs the
-  engine about what one does (its time goes to planning, not to the few rows of a session).
+- among those kept in memory until their session changes (`projections.memo`);
+- on disk (`projections.answer_store`), where the service keeps every settled session's answer
+  (`keep`, a task of its own, writes them: all of them at first, then those of the sessions
+  each apply touched, a round at a time);
+
+and only then asked of the engine. Questions that found nothing are asked together: while
+`SLOTS` of them are with the engine, the next ones gather into one question about all their
+sessions, which costs the engine about what one does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import weakref
+from pathlib import Path
 
 import msgspec
 
-from projections import query
-from projections.facts import Facts
+from projections import query, views
+from projections.answer_store import AnswerStore
+from projections.facts import VERSION, Facts
 from projections.query import MAX_FILTER_VALUES, Scope
+
+log = logging.getLogger(__name__)
 
 # Gathered questions with the engine at once (the engine's readers: projections.engine).
 SLOTS = 4
@@ -43,6 +54,14 @@ async def answer(facts: Facts, session_id: str, scope: Scope, *,
     kept = facts.answers.get((session_id, scope.stale_after_us, scope.top_models))
     if kept is not None and kept[0] in (None, judged_at):
         return kept[1]
+    store = facts.answer_store
+    if store is not None and store.policy == (scope.stale_after_us, scope.top_models) \
+            and store.serves(session_id):
+        found, body = store.lookup(session_id)
+        if not found:
+            return None
+        if body is not None:
+            return body
     return await _gatherer(facts, scope).ask(session_id, timeout)
 
 
@@ -98,17 +117,13 @@ class _Gatherer:
                     future.set_result(bodies.get(session_id))
 
     async def _ask(self, session_ids: list[str], timeout: float | None) -> dict[str, bytes]:
-        memo, facts = self._facts.answers, self._facts
+        memo = self._facts.answers
         tickets = [memo.ticket((sid, self._stale_after_us, self._top_models), sid)
                    for sid in session_ids]
-        # One time for the whole question, and the `judged_at` it is kept with.
-        reference = query.reference_us(facts)
-        judged_at = (reference - self._stale_after_us) // 1_000_000
         try:
-            answers = await query.overview(
-                facts, Scope(stale_after_us=self._stale_after_us, now_us=reference,
-                             top_models=self._top_models),
-                "session_id", session_ids, timeout=timeout)
+            judged_at, answers = await _answers_of(self._facts, session_ids,
+                                                   self._stale_after_us, self._top_models,
+                                                   timeout)
         except BaseException:
             for ticket in tickets:
                 memo.drop(ticket)
@@ -120,9 +135,23 @@ class _Gatherer:
                 memo.drop(ticket)
                 continue
             body = bodies[ticket.session] = _encode(query.session_metrics(ticket.session, found))
-            pending = found["in_flight_requests"] or found["stale_requests"]
-            memo.keep(ticket, body, judged_at if pending else None)
+            memo.keep(ticket, body, judged_at if _pending(found) else None)
         return bodies
+
+
+async def _answers_of(facts: Facts, session_ids: list[str], stale_after_us: int,
+                      top_models: int, timeout: float | None = None) -> tuple[int, dict]:
+    """(the second staleness was judged at, `query.overview`'s answers) for these sessions:
+    one time for the whole question, and the `judged_at` answers are kept with."""
+    reference = query.reference_us(facts)
+    answers = await query.overview(
+        facts, Scope(stale_after_us=stale_after_us, now_us=reference, top_models=top_models),
+        "session_id", session_ids, timeout=timeout)
+    return (reference - stale_after_us) // 1_000_000, answers
+
+
+def _pending(found: dict) -> bool:
+    return bool(found["in_flight_requests"] or found["stale_requests"])
 
 
 _gatherers: weakref.WeakKeyDictionary[Facts, dict[tuple[int, int], _Gatherer]] = \
@@ -136,3 +165,116 @@ def _gatherer(facts: Facts, scope: Scope) -> _Gatherer:
     if gatherer is None:
         gatherer = by_policy[policy] = _Gatherer(facts, *policy)
     return gatherer
+
+
+# ---- the answers kept on disk ------------------------------------------------------------------
+
+# Sessions per round of `keep` (one engine question), and the pause between rounds, which
+# leaves the engine and the event loop to ingest and reads.
+CHUNK = 1000
+PAUSE_S = 0.05
+# More sessions dirty than this (a flood of new ones) and the store starts over: building
+# everything costs less than answering that many in rounds, and the set stays bounded.
+MAX_DIRTY = 200_000
+# Bump when an answer's computation changes in a way its inputs below do not show.
+ANSWERS_VERSION = 1
+
+
+def _dictionary() -> bytes:
+    """What the bodies on disk are deflated with: the field names an answer repeats."""
+    names = [f.encode_name for struct in (views.SessionMetrics, views.Metrics, views.Percentiles)
+             for f in msgspec.structs.fields(struct)]
+    return ('{"' + '":0,"'.join(names) + '":null}').encode()
+
+
+def basis(facts: Facts, stale_after_us: int, top_models: int) -> str:
+    """What the answers on disk are computed on: the facts (their version and generation),
+    the prices, the policy, and the code that computes and shapes them."""
+    code = hashlib.blake2b(digest_size=8)
+    for module in (query, views):
+        code.update(Path(module.__file__).read_bytes())
+    return ":".join(map(str, (ANSWERS_VERSION, VERSION, facts.generation, facts.prices.digest,
+                              stale_after_us, top_models, code.hexdigest())))
+
+
+async def open_store(facts: Facts, path: str | Path, stale_after_us: int, top_models: int
+                     ) -> AnswerStore:
+    """The answer store at `path` for these facts, attached to them (`facts.answer_store`):
+    the sessions changed since it last held are dirty again."""
+    store = await AnswerStore.open(path, lambda: basis(facts, stale_after_us, top_models),
+                                   _dictionary())
+    store.policy = (stale_after_us, top_models)
+    if store.complete and store.watermark > facts.position:
+        await store.forget_all()  # older facts than the answers: not the ones they came from
+    elif store.complete and store.watermark < facts.position:
+        rows = await facts.engine.read(
+            "SELECT session_id FROM requests WHERE start_pos > $1 OR end_pos > $1 UNION "
+            "SELECT session_id FROM pending WHERE start_pos > $1 UNION "
+            "SELECT session_id FROM unstarted WHERE end_pos > $1", [store.watermark])
+        store.touch(r[0] for r in rows)
+    facts.answer_store = store
+    return store
+
+
+async def keep(facts: Facts, store: AnswerStore) -> None:
+    """Keep the store true, for as long as the task runs: build every session's answer when it
+    has none, then answer the sessions each apply touches, a round at a time."""
+    stale_after_us, top_models = store.policy
+    while True:
+        try:
+            if store.dirty > MAX_DIRTY:
+                await store.forget_all()
+            if not store.complete:
+                await _build(facts, store, stale_after_us, top_models)
+            elif store.dirty:
+                await _refresh(facts, store, stale_after_us, top_models)
+            else:
+                await store.wait_for_touch()
+                continue
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the engine failed a round: the engine answers meanwhile
+            log.exception("session answers: a round failed; trying again")
+            await asyncio.sleep(5)
+        await asyncio.sleep(PAUSE_S)
+
+
+def _rows(session_ids: list[str], answers: dict):
+    def encode() -> tuple[dict[str, bytes | None], list[str]]:
+        bodies, gone = {}, []
+        for sid in session_ids:
+            found = answers.get(sid)
+            if found is None:
+                gone.append(sid)
+            else:
+                bodies[sid] = None if _pending(found) else \
+                    _encode(query.session_metrics(sid, found))
+        return bodies, gone
+    return encode
+
+
+async def _refresh(facts: Facts, store: AnswerStore, stale_after_us: int, top_models: int
+                   ) -> None:
+    epoch, answered = store.epoch, store.dirty_batch(CHUNK)
+    session_ids = list(answered)
+    _, answers = await _answers_of(facts, session_ids, stale_after_us, top_models)
+    await store.put(epoch, answered, _rows(session_ids, answers), facts.position)
+
+
+async def _build(facts: Facts, store: AnswerStore, stale_after_us: int, top_models: int
+                 ) -> None:
+    epoch, stamp, started_at = store.epoch, store.stamp, facts.position
+    last = None
+    while epoch == store.epoch:
+        rows = await facts.engine.read(
+            "SELECT DISTINCT session_id FROM (SELECT session_id FROM requests UNION ALL "
+            "SELECT session_id FROM pending) WHERE $1::VARCHAR IS NULL OR session_id > $1 "
+            "ORDER BY 1 LIMIT $2", [last, CHUNK])
+        if not rows:
+            await store.finish(epoch, stamp, started_at, facts.position)
+            return
+        session_ids = [r[0] for r in rows]
+        _, answers = await _answers_of(facts, session_ids, stale_after_us, top_models)
+        await store.put(epoch, {}, _rows(session_ids, answers), facts.position)
+        last = session_ids[-1]
+        await asyncio.sleep(PAUSE_S)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from pathlib import Path
@@ -11,6 +13,7 @@ from aiohttp import web
 
 from events.sqlite_store import SQLiteStore
 from events.store import EventStore
+from projections import session_answers
 from projections.prices import PriceTable
 from projections.engine import Engine, EngineError, FactsDamaged, rebuild_marker
 from projections.facts import Facts
@@ -151,13 +154,24 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
     async def models_ctx(app: web.Application):
         try:
             app[keys.MODELS], _ = await load_read_models(app[keys.STORE], config)
+            answers = await session_answers.open_store(
+                app[keys.MODELS], config.answers_path, int(config.stale_after * 1_000_000),
+                config.top_models)
         except BaseException:
             # A failed startup does not unwind the contexts already entered (aiohttp), and the
             # open store's thread would keep the process from exiting with its error.
+            if keys.MODELS in app:
+                app[keys.MODELS].engine.close()
             if store is None:
                 await app[keys.STORE].close()
             raise
+        keeper = asyncio.get_running_loop().create_task(
+            session_answers.keep(app[keys.MODELS], answers), name="session-answers")
         yield
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        await answers.close()
         app[keys.MODELS].engine.close()
 
     async def alerts_ctx(app: web.Application):

@@ -53,6 +53,11 @@ class Config:
         return self.facts or self._beside_log(".facts.duckdb")
 
     @property
+    def answers_path(self) -> str:
+        """The session answers kept on disk (`projections.answer_store`), beside the facts."""
+        return self._beside_log(".answers.db") if not self.facts else f"{self.facts}.answers.db"
+
+    @property
     def alerts_path(self) -> str:
         # Alerts run on the replica they were created on (README, "Alerts").
         return self.alerts or self._beside_log(".alerts.db")

@@ -165,7 +165,8 @@ def test_erasure_on_sqlite(tmp_path):
         alerting_on_the_erased(server, receiver)
         after = erase_and_check(server)
         files = [db, Path(f"{db}-wal"), Path(f"{db}.facts.duckdb"),
-                 Path(f"{db}.facts.duckdb.wal")]
+                 Path(f"{db}.facts.duckdb.wal"), Path(f"{db}.answers.db"),
+                 Path(f"{db}.answers.db-wal")]
         assert_no_erased_bytes(files + alerts)
         for path in ("/alerts", "/alerts/rules/per-user", "/alerts/rules/per-session",
                      "/alerts/deliveries"):
