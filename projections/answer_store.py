@@ -55,7 +55,6 @@ class AnswerStore:
         # Session -> the stamp of its last touch (a write clears only the touch it answered).
         self._dirty: dict[str, int] = {}
         self._stamp = 0
-        self._touched: asyncio.Event | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="answers")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -94,8 +93,6 @@ class AnswerStore:
         stamp, dirty = self._stamp, self._dirty
         for session in sessions:
             dirty[session] = stamp
-        if self._touched is not None:
-            self._touched.set()
 
     @property
     def stamp(self) -> int:
@@ -115,13 +112,6 @@ class AnswerStore:
                 break
             batch[session] = stamp
         return batch
-
-    async def wait_for_touch(self) -> None:
-        if self._touched is None:
-            self._touched = asyncio.Event()
-        self._touched.clear()
-        if not self._dirty:
-            await self._touched.wait()
 
     # ---- writes ------------------------------------------------------------------------------
 

@@ -173,6 +173,8 @@ def _gatherer(facts: Facts, scope: Scope) -> _Gatherer:
 # leaves the engine and the event loop to ingest and reads.
 CHUNK = 1000
 PAUSE_S = 0.05
+# How often an idle keeper looks for work.
+IDLE_S = 0.1
 # More sessions dirty than this (a flood of new ones) and the store starts over: building
 # everything costs less than answering that many in rounds, and the set stays bounded.
 MAX_DIRTY = 200_000
@@ -229,7 +231,9 @@ async def keep(facts: Facts, store: AnswerStore) -> None:
             elif store.dirty:
                 await _refresh(facts, store, stale_after_us, top_models)
             else:
-                await store.wait_for_touch()
+                # Polled rather than woken: an apply or an erasure only has to change the
+                # store's state, and a cancelled sleep always ends the task.
+                await asyncio.sleep(IDLE_S)
                 continue
         except asyncio.CancelledError:
             raise
