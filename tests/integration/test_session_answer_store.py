@@ -17,7 +17,7 @@ from projections import session_answers
 from projections.prices import PriceTable
 from projections.query import Scope
 from tests import factories as f
-from tests.unit.test_answer_memo import STALE_AFTER_US, _record, event, fresh
+from tests.unit.test_answer_memo import STALE_AFTER_US, applies, event, fresh
 from tests.unit.test_metrics import Folded
 
 SESSIONS = ["s1", "s2", "s3", "s4"]
@@ -46,6 +46,10 @@ class Kept:
             keeper.cancel()
         asyncio.run(run())
 
+    def close(self) -> None:
+        asyncio.run(self.store.close())
+        self.models.facts.answer_store = None
+
     def restart(self, crash: bool = False) -> None:
         """Close the store (or drop it, as a crash would, with nothing more written) and open
         the file again."""
@@ -73,11 +77,8 @@ class Kept:
             assert self.served(sid) == expected, (sid, plan)
 
 
-steps = st.lists(st.one_of(
-    st.tuples(st.sampled_from(["settle", "restart", "crash", "read"])),
-    st.tuples(st.sampled_from(["started", "completed", "failed"]), st.sampled_from(SESSIONS),
-              st.integers(0, 4), st.integers(0, 200)),
-), min_size=1, max_size=14)
+steps = st.lists(st.one_of(st.tuples(st.sampled_from(["settle", "restart", "crash", "read"])),
+                           applies(SESSIONS, requests=5)), min_size=1, max_size=14)
 
 
 @settings(max_examples=15, deadline=None)
@@ -122,8 +123,7 @@ def test_another_policy_or_prices_start_the_answers_over():
     kept.models.add([f.completed("s1", "r1", model="gpt-4", prompt_tokens=1000,
                                  completion_tokens=0)])
     kept.settle()
-    asyncio.run(kept.store.close())
-    kept.models.facts.answer_store = None
+    kept.close()
     kept.store = kept.open(top_models=5)
     assert not kept.store.complete  # answers of another policy are not served
     kept.settle()
@@ -155,8 +155,7 @@ def test_rebuilt_facts_are_not_taken_for_the_ones_the_answers_came_from():
     kept = Kept()
     kept.models.add([f.completed("s1", "r1")])
     kept.settle()
-    asyncio.run(kept.store.close())
-    kept.models.facts.answer_store = None
+    kept.close()
     asyncio.run(kept.models.facts.reset())  # a rebuild from the log begins: a new generation
     kept.models.position = 0
     kept.models.add([f.completed("s1", "r1"), f.completed("s1", "r2")])
@@ -170,8 +169,7 @@ def test_a_damaged_file_is_made_anew():
     kept = Kept()
     kept.models.add([f.completed("s1", "r1")])
     kept.settle()
-    asyncio.run(kept.store.close())
-    kept.models.facts.answer_store = None
+    kept.close()
     for suffix in ("-wal", "-shm"):
         Path(f"{kept.path}{suffix}").unlink(missing_ok=True)
     kept.path.write_bytes(b"not a database" * 100)

@@ -42,11 +42,15 @@ def event(kind: str, sid: str, rid: int, t: float) -> dict:
     return f.failed(sid, f"r{rid}", t=t)
 
 
-steps = st.lists(st.one_of(
-    st.tuples(st.just("read"), st.sampled_from(SESSIONS)),
-    st.tuples(st.sampled_from(["started", "completed", "failed"]), st.sampled_from(SESSIONS),
-              st.integers(0, 5), st.integers(0, 200)),
-), min_size=1, max_size=16)
+def applies(sessions: list[str], requests: int = 6):
+    """Steps that apply one event: (kind, session, request number, time), as `event` takes."""
+    return st.tuples(st.sampled_from(["started", "completed", "failed"]),
+                     st.sampled_from(sessions), st.integers(0, requests - 1),
+                     st.integers(0, 200))
+
+
+steps = st.lists(st.one_of(st.tuples(st.just("read"), st.sampled_from(SESSIONS)),
+                           applies(SESSIONS)), min_size=1, max_size=16)
 
 
 @settings(max_examples=12, deadline=None)
