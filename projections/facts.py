@@ -439,6 +439,7 @@ class Facts:
         """Forget every fact (before a rebuild from the whole log)."""
         await self._forget_all_answers()
         await self.engine.write(self._clear)
+        await self._forget_all_answers()
         self.answers.forget_all()
 
     async def matches(self, record_at_position: Record | None) -> bool:
@@ -500,7 +501,8 @@ class Facts:
         models no fact names any more; then rewrite the facts file, which would otherwise
         keep the deleted strings in its freed blocks."""
         key = _event_key(tomb)
-        # Before the facts change: no answer kept on disk may outlive what it shows.
+        # Before the facts change, and after (below): no answer kept on disk may outlive what
+        # it shows.
         await self._forget_all_answers()
 
         def erase(cur) -> tuple[int, set[str], tuple[int, int]]:
@@ -518,6 +520,7 @@ class Facts:
 
         gone, self._models, (self._pending, self._unstarted) = await self.engine.write(erase)
         self.position, self._event_key = position, key
+        await self._forget_all_answers()
         self.answers.forget_all()
         for hook in self.erasure_hooks:
             await hook(tomb)
@@ -542,8 +545,12 @@ class Facts:
         self.prices = prices
         await self._forget_all_answers()
         await self.engine.write(self._sync_prices)
+        await self._forget_all_answers()
         self.answers.forget_all()
 
     async def _forget_all_answers(self) -> None:
+        # Called before a change of every fact (no kept answer outlives what it shows, not
+        # even in free pages) and again after it: the store's keeper may have begun a round
+        # on the facts as they were in between.
         if self.answer_store is not None:
             await self.answer_store.forget_all()

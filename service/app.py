@@ -172,6 +172,11 @@ def create_app(config: Config, store: EventStore | None = None) -> web.Applicati
         # cause not found; docs/read-side.md). Nothing is lost: the next start finds the
         # sessions changed after the watermark.
         await asyncio.wait([keeper], timeout=2)
+        if not keeper.done():
+            frames = "".join(f"\n  {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+                             for f in keeper.get_stack())
+            log.warning("session answers: the keeper did not stop within 2 s; left at:%s",
+                        frames)
         await answers.close()
         app[keys.MODELS].engine.close()
 

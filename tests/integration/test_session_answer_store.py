@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -178,3 +179,47 @@ def test_a_damaged_file_is_made_anew():
     kept.settle()
     kept.check()
     assert sqlite3.connect(kept.path).execute("SELECT complete FROM meta").fetchone() == (1,)
+
+
+def _with_a_keeper_round_before_each_write(kept: Kept):
+    """Make the facts' next writes wait for a whole round of the keeper first, as it may run
+    while a change of every fact is under way (between the store's forget and the change)."""
+    facts = kept.models.facts
+    write = facts.engine.write
+
+    async def write_after_a_round(fn):
+        keeper = asyncio.create_task(session_answers.keep(facts, kept.store))
+        while not kept.store.complete:
+            await asyncio.sleep(0.01)
+        keeper.cancel()
+        return await write(fn)
+    facts.engine.write = write_after_a_round
+    return write
+
+
+@pytest.mark.parametrize("change", ["erasure", "prices"])
+def test_a_keeper_round_during_a_change_of_every_fact_does_not_outlive_it(change):
+    kept = Kept()
+    kept.models.add([f.completed("s1", "r1", model="gpt-4", prompt_tokens=1000,
+                                 completion_tokens=0),
+                     f.completed("s1", "r2", model="gpt-4", prompt_tokens=1000,
+                                 completion_tokens=0),
+                     f.completed("s2", "r1")])
+    kept.settle()
+    facts = kept.models.facts
+    write = _with_a_keeper_round_before_each_write(kept)
+    try:
+        if change == "erasure":
+            from events.records import Erased
+            kept.models.position += 1
+            asyncio.run(facts.apply_rows([(kept.models.position,
+                                           Erased((1,), "session", "", 1, 0))]))
+        else:
+            asyncio.run(facts.set_prices(PriceTable.from_json(
+                b'{"models": {"gpt-4": {"input": 1000, "output": 0}}}')))
+    finally:
+        facts.engine.write = write
+    kept.settle()
+    kept.check(change)
+    s1 = msgspec.json.decode(kept.store.lookup("s1")[1])
+    assert s1["total_requests"] == (1 if change == "erasure" else 2)
