@@ -21,6 +21,7 @@ Rules (README "Metrics"):
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -38,6 +39,8 @@ BUCKETS = {"1m": 60_000_000, "5m": 300_000_000, "1h": 3_600_000_000, "1d": 86_40
 DIMENSIONS = ("model", "provider", "user_id", "session_id", "tag", "error_type", "finish_reason")
 MAX_LIMIT = 1000
 MAX_FILTER_VALUES = 100
+# Rows of an overview beyond which its answers are assembled in a thread, not on the loop.
+OFF_LOOP_ROWS = 400
 
 
 class QueryError(ValueError):
@@ -432,6 +435,17 @@ async def overview(facts: Facts, scope: Scope, by: str | None = None,
         facts.engine.read(text, sql.params, timeout=timeout),
         _extent(facts, q, by, cutoff, timeout))
 
+    assemble = functools.partial(_overview_answers, by, scope.top_models, columns,
+                                 measures_rows, extent)
+    if len(measures_rows) + len(extent) > OFF_LOOP_ROWS:
+        # Thousands of rows made into answers would hold the event loop for tens of ms.
+        return await asyncio.get_running_loop().run_in_executor(None, assemble)
+    return assemble()
+
+
+def _overview_answers(by: str | None, top_models: int, columns: list[str],
+                      measures_rows: list[tuple], extent: list[tuple]
+                      ) -> dict[str | None, dict]:
     answers: dict[str | None, dict] = {}
     for row in extent:
         k, rest = (row[0], row[1:]) if by else (None, row)
@@ -450,7 +464,7 @@ async def overview(facts: Facts, scope: Scope, by: str | None = None,
             continue
         if values.get("_total", True):
             answer.update(_metrics(values))
-            answer["unpriced_models"] = (values["unpriced"] or [])[:scope.top_models]
+            answer["unpriced_models"] = (values["unpriced"] or [])[:top_models]
         else:
             answer["by_model"][values["model"]] = views.Metrics(**_metrics(values))
             answer["other_models"] = values["_models"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 import msgspec
@@ -223,3 +224,24 @@ def test_a_keeper_round_during_a_change_of_every_fact_does_not_outlive_it(change
     kept.check(change)
     s1 = msgspec.json.decode(kept.store.lookup("s1")[1])
     assert s1["total_requests"] == (1 if change == "erasure" else 2)
+
+
+def test_the_keeper_yields_to_applies():
+    """A round during which applies came in is followed by smaller rounds and a rest of
+    `YIELD` times the round; a quiet round by the plain pause and full rounds."""
+    kept = Kept()
+
+    async def rounds():
+        pace = session_answers._Pace(kept.store)
+        pace.begin()
+        await asyncio.sleep(0.03)  # the round's work
+        kept.store.touch(["s1"])
+        rest_started = time.monotonic()
+        await pace.rest()
+        busy_rest = time.monotonic() - rest_started
+        assert pace.busy and pace.chunk == session_answers.BUSY_CHUNK
+        assert busy_rest >= 0.03 * session_answers.YIELD
+        pace.begin()
+        await pace.rest()
+        assert not pace.busy and pace.chunk == session_answers.CHUNK
+    asyncio.run(rounds())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 from pathlib import Path
 
 import msgspec
@@ -263,3 +264,19 @@ def test_a_long_session_answers_like_its_requests_one_by_one():
                                              if e["type"] == "LLM_REQUEST_COMPLETED")
     assert set(got["by_model"]) == {"a", "b"}
     assert got["errors_by_type"] == {"E0": 15, "E1": 14}
+
+
+def test_a_big_overview_assembled_off_the_loop_equals_one_assembled_on_it(monkeypatch):
+    models = fold([f.completed(f"s{i}", f"r{j}", model=f"m{j}", prompt_tokens=i + j)
+                   for i in range(150) for j in range(3)])
+    ask = lambda: asyncio.run(query.overview(models.facts, _scope(), "session_id",  # noqa: E731
+                                             [f"s{i}" for i in range(150)]))
+    threads = []
+    monkeypatch.setattr(query, "_overview_answers",
+                        lambda *a, _f=query._overview_answers: threads.append(
+                            threading.current_thread()) or _f(*a))
+    off_loop = ask()
+    monkeypatch.setattr(query, "OFF_LOOP_ROWS", 10**9)
+    on_loop = ask()
+    assert threads[0] is not threading.main_thread() and threads[1] is threading.main_thread()
+    assert len(off_loop) == 150 and off_loop == on_loop
