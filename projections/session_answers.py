@@ -52,7 +52,8 @@ async def answer(facts: Facts, session_id: str, scope: Scope, *,
         found = answers.get(session_id)
         return None if found is None else _encode(query.session_metrics(session_id, found))
     judged_at = _judged_at(facts, scope.stale_after_us)
-    kept = facts.answers.get((session_id, scope.stale_after_us, scope.top_models))
+    key = (session_id, scope.stale_after_us, scope.top_models)
+    kept = facts.answers.get(key)
     if kept is not None and kept[0] in (None, judged_at):
         return kept[1]
     store = facts.answer_store
@@ -62,6 +63,9 @@ async def answer(facts: Facts, session_id: str, scope: Scope, *,
         if not found:
             return None
         if body is not None:
+            # Kept in memory too: a probe and an inflate cost ~10x a memory hit, and the
+            # sessions read again are the ones dashboards poll.
+            facts.answers.keep(facts.answers.ticket(key, session_id), body)
             return body
     return await _gatherer(facts, scope).ask(session_id, timeout)
 

@@ -245,3 +245,15 @@ def test_the_keeper_yields_to_applies():
         await pace.rest()
         assert not pace.busy and pace.chunk == session_answers.CHUNK
     asyncio.run(rounds())
+
+
+def test_a_session_read_from_the_file_is_read_from_memory_next_time():
+    kept = Kept()
+    kept.models.add([f.completed("s1", "r1")])
+    kept.settle()
+    kept.models.facts.answers.forget_all()
+    body = kept.served("s1")
+    assert kept.models.facts.answers.get(("s1", STALE_AFTER_US, TOP_MODELS))[1] == body
+    kept.models.add([f.completed("s1", "r2")])  # and forgotten there when the session changes
+    assert kept.models.facts.answers.get(("s1", STALE_AFTER_US, TOP_MODELS)) is None
+    assert msgspec.json.decode(kept.served("s1"))["total_requests"] == 2
