@@ -3,9 +3,10 @@ into fresh request facts) in a fresh process. The ceiling reads the same file wi
 `sqlite3` (SELECT, one msgspec tagged-union decoder, a fold into a dict per session), measured
 before and after the service's replay.
 
-The facts the child builds are kept beside the cached log (`dataset.facts_path`): the
-startup, queries, memory and reads figures start from copies of them, so one `make bench`
-replays the big log once, and the 10M-event log (`--big`) only when its facts are missing.
+The facts the child builds are kept beside the cached log (`dataset.facts_path`) when none
+are there yet: the startup, queries, memory and reads figures start from copies of them, so
+one `make bench` replays the big log once, and the 10M-event log (`--big`) only when its
+facts are missing.
 
     python -m bench.replay [--smoke]
 """
@@ -58,15 +59,24 @@ _runs: dict[Path, ServiceReplay] = {}
 
 def service_replay(log: Path) -> ServiceReplay:
     """Rebuild the facts of `log` in a fresh process, as `make replay` does, into
-    `dataset.facts_path(log)` (replaced when done). Once per process and log."""
+    `dataset.facts_path(log)` when they are not cached yet. Once per process and log.
+
+    Cached facts are kept: new ones would be another generation of them, and the session
+    answers cached beside them (`dataset.answers_path`) would be rebuilt by the next server,
+    inside the figures measured on it."""
     if log not in _runs:
         target = dataset.facts_path(log)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        keep = not target.exists()
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.partial") if keep else \
+            scratch() / "replayed.facts.duckdb"
         copy = dataset.private_log(log, scratch())
         out = python("-m", "bench.replay", "--child", str(copy), str(tmp), profile_as="replay",
                      timeout=7200)
         _runs[log] = msgspec.json.decode(out, type=ServiceReplay)
-        tmp.replace(target)
+        if keep:
+            tmp.replace(target)
+        else:
+            tmp.unlink()
         Path(f"{tmp}.wal").unlink(missing_ok=True)
     return _runs[log]
 
